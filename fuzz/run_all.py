@@ -23,6 +23,8 @@ from types import ModuleType
 HERE = Path(__file__).resolve().parent
 TARGETS = HERE / "targets"
 CORPUS = HERE / "corpus"
+# Targets build their fixtures with tests/support.py.
+sys.path.insert(0, str(HERE.parent))
 
 
 def load(name: str) -> ModuleType:
