@@ -69,11 +69,12 @@ chain; vodozemac 40 per chain over 5 chains. 2000 x (4 + 32) bytes bounds a seri
 MAX_OLD_CHAINS: Final = 5
 """Previous receiving chains whose keys (and replay markers) are remembered, besides the current one.
 
-A message from an older chain than this is refused (DuplicateMessage). Honest peers only leave a chain
-behind once a round trip happened, so a chain five ratchet steps old means five round trips overtook the
-message; libsignal (MAX_RECEIVER_CHAINS) and vodozemac both keep 5. Older chains are evicted oldest first
-together with their skipped keys, which also limits how long a stolen state can read delayed messages
-(forward secrecy, spec §3.5 "Deletion of skipped message keys")."""
+A message from an older chain than this is refused: its ratchet key is no longer known, so it is
+treated like an unknown (new) ratchet key and fails authentication (DecryptionError), state unchanged.
+Honest peers only leave a chain behind once a round trip happened, so a chain five ratchet steps old
+means five round trips overtook the message; libsignal (MAX_RECEIVER_CHAINS) and vodozemac both keep 5.
+Older chains are evicted oldest first together with their skipped keys, which also limits how long a
+stolen state can read delayed messages (spec §3.5 and §6.5 on deleting skipped message keys)."""
 
 MAX_COUNTER: Final = 0xFFFF_FFFF
 """N and PN are u32 on the wire. A sending chain that reaches this many messages must ratchet first; in

@@ -194,8 +194,9 @@ class RatchetSession:
 
         Raises:
             DecodeError, UnsupportedVersion: malformed bytes.
-            DecryptionError: authentication failed (forged, corrupted, or not for this session).
-            DuplicateMessage: its key was already used (replay), or belongs to a chain or key since evicted.
+            DecryptionError: authentication failed (forged, corrupted, not for this session, or from a
+                receiving chain older than MAX_OLD_CHAINS, which is no longer recognised).
+            DuplicateMessage: its key was already used (replay), or was evicted by MAX_SKIPPED_KEYS.
             TooManySkipped: it would skip more than MAX_SKIP keys in one chain.
         """
         message = bytes(message)
