@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.asymmetric import mlkem, x25519
 
@@ -18,15 +18,30 @@ class Party:
     identity: IdentityKeyPair
     prekeys: LocalPreKeys
     envelope_key: SignedPublicKey
+    handed_out: set[int] = field(default_factory=set)
 
-    def bundle(self, *, one_time: bool = True, kem_one_time: bool = True) -> PreKeyBundle:
-        """What a directory would hand out: takes (but does not consume) the lowest-id keys."""
-        kem_ids = sorted(k for k, (pair, _) in self.prekeys.kem.items() if not pair.last_resort)
+    def bundle(
+        self, *, one_time: bool = True, kem_one_time: bool = True, directory: bool = False
+    ) -> PreKeyBundle:
+        """A bundle with the lowest-id one-time keys (not consumed on the device).
+
+        With ``directory=True`` it acts like the server's directory: each one-time key is handed
+        out once, then the last-resort KEM key and no one-time X25519 key.
+        """
+        skip = self.handed_out if directory else set()
+        kem_ids = sorted(
+            k for k, (pair, _) in self.prekeys.kem.items() if not pair.last_resort and k not in skip
+        )
         kem = self.prekeys.kem[kem_ids[0]][1] if kem_one_time and kem_ids else self.prekeys.last_resort_kem()
         otk = None
-        if one_time and self.prekeys.one_time:
-            pair = self.prekeys.one_time[min(self.prekeys.one_time)]
+        free = sorted(k for k in self.prekeys.one_time if k not in skip)
+        if one_time and free:
+            pair = self.prekeys.one_time[free[0]]
             otk = OneTimePreKeyPublic(pair.key_id, pair.public_bytes)
+        if directory:
+            self.handed_out.add(kem.key_id)
+            if otk is not None:
+                self.handed_out.add(otk.key_id)
         return PreKeyBundle(
             self.identity.public, self.prekeys.current_signed_prekey(), kem, self.envelope_key, otk
         )
