@@ -18,6 +18,7 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, invaria
 from kluis.protocol.envelope import EnvelopeKeyRing, seal
 from kluis.protocol.errors import (
     DecodeError,
+    IdentityMismatch,
     LocalProtocolError,
     PreKeyNotFound,
     RemoteProtocolError,
@@ -75,7 +76,7 @@ class Device:
         content = self.ring.open(envelope, NOW)
         payload = SessionPayload.from_bytes(content.ratchet_message)
         sessions = self.sessions.get(content.sender_account) or PeerSessions()
-        text = sessions.decrypt(self.party.identity, self.party.prekeys, payload)
+        text = sessions.decrypt(self.party.identity, self.party.prekeys, payload, content.sender_identity)
         self.sessions[content.sender_account] = sessions
         return content.sender_account, text
 
@@ -237,6 +238,43 @@ def test_identity_in_envelope_is_the_senders() -> None:
     content = bob.ring.open(alice.send(bob, b"x"), NOW)
     assert content.sender_identity == alice.party.identity.public
     assert IdentityPublicKey.from_bytes(content.sender_identity.to_bytes()) == alice.party.identity.public
+
+
+def test_nobody_can_speak_under_a_contacts_account() -> None:
+    """The envelope does not authenticate its sender; the session does (IdentityMismatch)."""
+    alice, bob, mallory = Device("alice"), Device("bob"), Device("mallory")
+    bob.receive(alice.send(bob, b"hi"))
+    mallory.account = alice.account  # Mallory claims Alice's account id in her envelopes
+    before = bob.snapshot()
+    with pytest.raises(IdentityMismatch):
+        bob.receive(mallory.send(bob, b"this is alice, honest"))
+    assert bob.snapshot() == before
+    # Claiming Alice's identity too does not help: the session or handshake will not authenticate.
+    content = bob.ring.open(mallory.send(bob, b"still not alice"), NOW)
+    with pytest.raises(RemoteProtocolError):
+        bob.sessions[alice.account].decrypt(
+            bob.party.identity,
+            bob.party.prekeys,
+            SessionPayload.from_bytes(content.ratchet_message),
+            alice.party.identity.public,
+        )
+    assert bob.snapshot() == before
+
+
+def test_a_new_identity_is_accepted_only_when_allowed() -> None:
+    alice, bob = Device("alice"), Device("bob")
+    bob.receive(alice.send(bob, b"hi"))
+    reinstalled = Device("alice-reinstalled")
+    reinstalled.account = alice.account
+    content = bob.ring.open(reinstalled.send(bob, b"new phone"), NOW)
+    payload = SessionPayload.from_bytes(content.ratchet_message)
+    sessions = bob.sessions[alice.account]
+    args = (bob.party.identity, bob.party.prekeys, payload, content.sender_identity)
+    with pytest.raises(IdentityMismatch):
+        sessions.decrypt(*args)
+    assert sessions.decrypt(*args, allow_new_identity=True) == b"new phone"
+    assert sessions.remote_identity == reinstalled.party.identity.public
+    assert len(sessions) == 1
 
 
 def test_simultaneous_start_converges_on_one_session() -> None:

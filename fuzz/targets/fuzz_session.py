@@ -7,6 +7,7 @@ from kluis.protocol.errors import (
     DecodeError,
     DecryptionError,
     DuplicateMessage,
+    IdentityMismatch,
     PreKeyNotFound,
     TooManySkipped,
     UnsupportedVersion,
@@ -22,6 +23,7 @@ EXPECTED = (
     PreKeyNotFound,
     DecryptionError,
     DuplicateMessage,
+    IdentityMismatch,
     TooManySkipped,
 )
 ALICE, BOB = make_party(b"fuzz/alice"), make_party(b"fuzz/bob")
@@ -37,4 +39,6 @@ def target(data: bytes) -> None:
         PeerSessions.deserialize(body)
     else:
         # Bob has no session with Alice yet: any prekey payload goes through accept().
-        PeerSessions().decrypt(BOB.identity, BOB.prekeys, SessionPayload.from_bytes(data))
+        PeerSessions().decrypt(
+            BOB.identity, BOB.prekeys, SessionPayload.from_bytes(data), ALICE.identity.public
+        )

@@ -12,6 +12,7 @@ One base class; the two branches keep apart who is at fault (h11's split)::
         ├── PreKeyNotFound          the handshake names a prekey we do not hold (used or never made)
         ├── EnvelopeKeyUnknown      an envelope sealed to a key we do not hold (erased or never made)
         ├── DecryptionError         authentication failed (opaque on purpose, like Fernet's InvalidToken)
+        ├── IdentityMismatch        the envelope names one sender identity, the session another
         ├── DuplicateMessage        a ratchet message already decrypted (replay)
         └── TooManySkipped          a message would skip more keys than the bounds allow
 
@@ -102,6 +103,17 @@ class DecryptionError(RemoteProtocolError):
         self.what = what
 
 
+class IdentityMismatch(RemoteProtocolError):
+    """The sealed envelope's sender identity is not the identity of the session the message is for.
+
+    The envelope does not authenticate its sender; the session does. A message is accepted only when
+    both name the same identity, so nobody can speak under another contact's name.
+    """
+
+    def __init__(self) -> None:
+        super().__init__("sender identity does not match the session")
+
+
 class DuplicateMessage(RemoteProtocolError):
     """A ratchet message whose key was already used: a replay or a duplicate delivery."""
 
@@ -126,6 +138,7 @@ __all__ = [
     "DecryptionError",
     "DuplicateMessage",
     "EnvelopeKeyUnknown",
+    "IdentityMismatch",
     "KeyExhausted",
     "KluisProtocolError",
     "LocalProtocolError",

@@ -14,6 +14,7 @@ from kluis.protocol.bundle import VerifiedBundle
 from kluis.protocol.errors import (
     DecodeError,
     DecodeReason,
+    IdentityMismatch,
     LocalProtocolError,
     RemoteProtocolError,
     UnsupportedVersion,
@@ -71,14 +72,31 @@ class PeerSessions:
             self._promote(session)
         return session.encrypt(plaintext, rng)
 
-    def decrypt(self, identity: IdentityKeyPair, store: PreKeyStore, payload: SessionPayload) -> bytes:
+    def decrypt(
+        self,
+        identity: IdentityKeyPair,
+        store: PreKeyStore,
+        payload: SessionPayload,
+        sender_identity: IdentityPublicKey,
+        *,
+        allow_new_identity: bool = False,
+    ) -> bytes:
         """Decrypts with whichever session the message belongs to, or accepts a new one.
 
-        Raises the active session's error if no session, old or new, can read the message; then
+        ``sender_identity`` is the identity the sealed envelope claims. The envelope does not prove
+        it; the session does: only sessions with that remote identity are tried, and a new session is
+        accepted only from an initial message carrying it. All sessions in one ``PeerSessions`` share
+        one remote identity: a new session under a *different* identity raises IdentityMismatch,
+        unless ``allow_new_identity`` (the user accepted the peer's new key, e.g. after a
+        re-install), which replaces the sessions of the old identity.
+
+        Raises the first session's error if no session, old or new, can read the message; then
         nothing changed (each attempt is transactional, and prekeys are consumed only on success).
         """
         first_error: RemoteProtocolError | None = None
         for session in self._sessions:
+            if session.remote_identity != sender_identity:
+                continue
             try:
                 plaintext = session.decrypt(payload)
             except RemoteProtocolError as error:
@@ -86,14 +104,20 @@ class PeerSessions:
                 continue
             self._promote(session)
             return plaintext
-        if payload.initial is None:
-            raise first_error or DecodeError("session payload", DecodeReason.BAD_TAG)
+        current = self.remote_identity
+        new_identity = current is not None and current != sender_identity
+        if payload.initial is None or payload.initial.identity != sender_identity:
+            raise first_error or IdentityMismatch()
+        if new_identity and not allow_new_identity:
+            raise IdentityMismatch()
         try:
             session, plaintext = Session.accept(identity, store, payload)
         except RemoteProtocolError:
             if first_error is not None:
                 raise first_error from None
             raise
+        if new_identity:
+            self._sessions.clear()
         self._promote(session)
         return plaintext
 
