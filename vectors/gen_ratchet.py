@@ -5,7 +5,7 @@ Everything is deterministic: the shared secret, Bob's signed prekey and the AD c
 ``DeterministicRng(<name>/alice)`` and Bob's from ``DeterministicRng(<name>/bob)``, one ``rng(32)`` per
 new ratchet private key (Alice: at initiation, then at each send after a reply; Bob: at each send after
 receiving a new ratchet key). A replay rebuilds both sessions and must reproduce every message and the
-final serialized states byte for byte. Message bytes follow docs/PROTOCOL-ratchet.md.
+final serialized states byte for byte. Message bytes follow docs/PROTOCOL.md §6.
 """
 
 from __future__ import annotations

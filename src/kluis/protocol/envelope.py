@@ -11,7 +11,7 @@ HPKE (RFC 9180) base mode, suite ``MLKEM768-X25519 / HKDF-SHA256 / AES-256-GCM``
   and has a quantum computer later still cannot learn who sent them (DESIGN.md, "recorded and decrypted
   later"). Base mode because HPKE's Auth mode has no post-quantum KEM; the envelope therefore does
   *not* authenticate the sender: the claimed identity is proven only when the ratchet message
-  decrypts in a session with that identity (the caller's job, documented in PROTOCOL-envelope.md).
+  decrypts in a session with that identity (enforced by peer.PeerSessions.decrypt; docs/PROTOCOL.md §7.2.5).
 * AEAD: AES-256-GCM. Each HPKE context seals exactly one message under a fresh key, so GCM's nonce
   limits never apply; AES has hardware support on every platform we ship to, and 256-bit keys keep a
   margin against Grover. ChaCha20-Poly1305 would be as good; we only need one.
@@ -26,7 +26,7 @@ the vectors record them.
 
 The recipient keeps an :class:`EnvelopeKeyRing`: a new key every ``rotation_period`` (7 days), and the
 private part of a replaced key is erased ``grace_period`` (2 days) after it was replaced. A device
-seized later cannot reveal who sent envelopes recorded before the erasure (SECURITY-envelope.md).
+seized later cannot reveal who sent envelopes recorded before the erasure (docs/SECURITY.md).
 """
 
 from __future__ import annotations

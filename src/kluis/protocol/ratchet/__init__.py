@@ -3,7 +3,7 @@ inside a sealed HPKE envelope, which hides the header from the server.
 
 Modules: ``constants`` (bounds, each with its reason), ``kdf`` (KDF_RK, KDF_CK), ``aead`` (pluggable
 AEAD and AD layout), ``header`` (wire format), ``serialize`` (state format), ``session`` (the state object).
-The byte-level specification is docs/PROTOCOL-ratchet.md.
+The byte-level specification is docs/PROTOCOL.md §6.
 """
 
 from __future__ import annotations

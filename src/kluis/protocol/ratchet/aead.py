@@ -9,7 +9,7 @@ session advances its sending chain before returning the ciphertext, so (key, non
 a separate key and nonce by HKDF would add a full HKDF (two HMAC chains, ~2-3 us) per message for no gain in
 this model, and the per-message cost is benchmarked. The one way to repeat a (key, nonce) pair is to
 restore an OLD serialized state and encrypt again; that breaks every deterministic nonce scheme alike, so
-callers must never roll session state back (docs/PROTOCOL-ratchet.md, "State").
+callers must never roll session state back (docs/PROTOCOL.md §6, "State").
 """
 
 from __future__ import annotations
