@@ -72,13 +72,12 @@ def run_hypothesis(module: ModuleType, seconds: float) -> int:
     return runs
 
 
-def run_atheris(name: str, seconds: int) -> None:
+def run_atheris(name: str, seconds: int, scratch: str) -> None:
     import atheris  # only in the child process
 
     with atheris.instrument_imports():
         module = load(name)
     # libFuzzer writes new inputs into the first corpus directory: keep the checked-in one read-only.
-    scratch = tempfile.mkdtemp(prefix=f"kluis-fuzz-{name}-")
     args = [
         sys.argv[0],
         f"-max_total_time={seconds}",
@@ -102,22 +101,33 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=10, help="per target")
     parser.add_argument("--only", help="run one target")
     parser.add_argument("--atheris-child", help=argparse.SUPPRESS)
+    parser.add_argument("--scratch", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.atheris_child:
         sys.argv = [sys.argv[0]]
-        run_atheris(args.atheris_child, args.seconds)
+        run_atheris(args.atheris_child, args.seconds, args.scratch)
         return 0
     failed = []
     for name in [args.only] if args.only else names():
         module = load(name)
         replayed = replay_corpus(name, module)
         if have_atheris():
-            proc = subprocess.run(
-                [sys.executable, __file__, "--atheris-child", name, "--seconds", str(args.seconds)],
-                capture_output=True,
-                text=True,
-                check=False,
-            )
+            with tempfile.TemporaryDirectory(prefix=f"kluis-fuzz-{name}-") as scratch:
+                proc = subprocess.run(
+                    [
+                        sys.executable,
+                        __file__,
+                        "--atheris-child",
+                        name,
+                        "--seconds",
+                        str(args.seconds),
+                        "--scratch",
+                        scratch,
+                    ],
+                    capture_output=True,
+                    text=True,
+                    check=False,
+                )
             ok = proc.returncode == 0
             engine = "atheris"
             if not ok:
