@@ -23,6 +23,7 @@ from types import ModuleType
 HERE = Path(__file__).resolve().parent
 TARGETS = HERE / "targets"
 CORPUS = HERE / "corpus"
+CRASHES = HERE / "crashes"
 # Targets build their fixtures with tests/support.py.
 sys.path.insert(0, str(HERE.parent))
 
