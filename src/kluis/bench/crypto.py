@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from kluis.bench.timing import Figure, compare, median_us
-from kluis.protocol.bundle import OneTimePreKeyPublic, PreKeyBundle
+from kluis.protocol.bundle import PreKeyBundle
 from kluis.protocol.envelope import SUITE, EnvelopeKeyRing, encode_inner, hpke_info, seal
 from kluis.protocol.handshake import INFO, InitialMessage, accept, initiate
 from kluis.protocol.keys import IdentityKeyPair, SignedPublicKey
@@ -44,15 +44,7 @@ class _Party:
         self.ring = EnvelopeKeyRing.create(self.identity, os.urandom, now)
 
     def bundle(self) -> PreKeyBundle:
-        otk = self.prekeys.one_time[min(self.prekeys.one_time)]
-        kem_id = min(k for k, (pair, _) in self.prekeys.kem.items() if not pair.last_resort)
-        return PreKeyBundle(
-            self.identity.public,
-            self.prekeys.current_signed_prekey(),
-            self.prekeys.kem[kem_id][1],
-            self.ring.current_public(),
-            OneTimePreKeyPublic(otk.key_id, otk.public_bytes),
-        )
+        return self.prekeys.bundle(self.identity.public, self.ring.current_public())
 
 
 # -- floors: the pyca calls each operation makes -------------------------------------------------

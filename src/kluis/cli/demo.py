@@ -11,7 +11,7 @@ import os
 import time
 from collections.abc import Callable
 
-from kluis.protocol.bundle import OneTimePreKeyPublic, PreKeyBundle
+from kluis.protocol.bundle import PreKeyBundle
 from kluis.protocol.envelope import EnvelopeKeyRing, parse_envelope, seal
 from kluis.protocol.keys import IdentityKeyPair
 from kluis.protocol.prekeys import LocalPreKeys
@@ -28,16 +28,7 @@ class _Device:
         self.ring = EnvelopeKeyRing.create(self.identity, os.urandom, now)
 
     def published_bundle(self) -> PreKeyBundle:
-        """What the directory hands out: one one-time key of each kind."""
-        otk = self.prekeys.one_time[min(self.prekeys.one_time)]
-        kem_id = min(k for k, (pair, _) in self.prekeys.kem.items() if not pair.last_resort)
-        return PreKeyBundle(
-            self.identity.public,
-            self.prekeys.current_signed_prekey(),
-            self.prekeys.kem[kem_id][1],
-            self.ring.current_public(),
-            OneTimePreKeyPublic(otk.key_id, otk.public_bytes),
-        )
+        return self.prekeys.bundle(self.identity.public, self.ring.current_public())
 
 
 def run_demo(echo: Callable[[str], None]) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import struct
 
-from kluis.protocol.errors import DecodeError, DecodeReason
+from kluis.protocol.errors import DecodeError, DecodeReason, UnsupportedVersion
 
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
@@ -80,6 +80,12 @@ class Reader:
 
     def u8(self) -> int:
         return self._take(1)[0]
+
+    def expect_version(self, expected: int) -> None:
+        """Reads the version byte every structure starts with; raises UnsupportedVersion otherwise."""
+        version = self._take(1)[0]
+        if version != expected:
+            raise UnsupportedVersion(self.what, version)
 
     def u16(self) -> int:
         value: int = _U16.unpack(self._take(2))[0]

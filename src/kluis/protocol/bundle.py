@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives.asymmetric import mlkem, x25519
 
 from kluis.protocol._codec import Reader, Writer
-from kluis.protocol.errors import DecodeError, DecodeReason, UnsupportedVersion
+from kluis.protocol.errors import DecodeError, DecodeReason
 from kluis.protocol.keys import (
     X25519_LEN,
     IdentityPublicKey,
@@ -69,9 +69,7 @@ class PreKeyBundle:
         Raises DecodeError, UnsupportedVersion, or BadSignature (identity binding).
         """
         r = Reader(data, "prekey bundle")
-        version = r.u8()
-        if version != BUNDLE_VERSION:
-            raise UnsupportedVersion("prekey bundle", version)
+        r.expect_version(BUNDLE_VERSION)
         identity = IdentityPublicKey.from_bytes(r.raw(IdentityPublicKey.ENCODED_LEN))
         spk = SignedPublicKey.read(r)
         kem = SignedPublicKey.read(r)

@@ -195,9 +195,7 @@ def parse_inner(padded: bytes) -> SealedContent:
         BadSignature: the sender identity's binding signature does not verify.
     """
     r = Reader(unpad(padded, max_bucket=ENVELOPE_MAX_BUCKET), "sealed content")
-    version = r.u8()
-    if version != INNER_VERSION:
-        raise UnsupportedVersion("sealed content", version)
+    r.expect_version(INNER_VERSION)
     account_len = r.u8()
     if not MIN_ACCOUNT_LEN <= account_len <= MAX_ACCOUNT_LEN:
         raise DecodeError("sealed content", DecodeReason.BAD_VALUE)
@@ -454,9 +452,7 @@ class EnvelopeKeyRing:
             DecodeError, UnsupportedVersion, BadSignature.
         """
         r = Reader(data, "envelope key ring")
-        version = r.u8()
-        if version != RING_VERSION:
-            raise UnsupportedVersion("envelope key ring", version)
+        r.expect_version(RING_VERSION)
         rotation_period = r.u32()
         grace_period = r.u32()
         for period in (rotation_period, grace_period):

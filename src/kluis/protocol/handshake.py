@@ -29,7 +29,6 @@ from kluis.protocol.errors import (
     DecodeError,
     DecodeReason,
     PreKeyNotFound,
-    UnsupportedVersion,
 )
 from kluis.protocol.keys import (
     MLKEM768_CIPHERTEXT_LEN,
@@ -92,9 +91,7 @@ class InitialMessage:
     @classmethod
     def read(cls, r: Reader) -> InitialMessage:
         """Raises DecodeError, UnsupportedVersion, or BadSignature (identity binding)."""
-        version = r.u8()
-        if version != INITIAL_MESSAGE_VERSION:
-            raise UnsupportedVersion("initial message", version)
+        r.expect_version(INITIAL_MESSAGE_VERSION)
         identity = IdentityPublicKey.from_bytes(r.raw(IdentityPublicKey.ENCODED_LEN))
         ephemeral = r.raw(X25519_LEN)
         spk_id, kem_id, flag = r.u32(), r.u32(), r.u8()

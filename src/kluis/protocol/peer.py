@@ -17,7 +17,6 @@ from kluis.protocol.errors import (
     IdentityMismatch,
     LocalProtocolError,
     RemoteProtocolError,
-    UnsupportedVersion,
 )
 from kluis.protocol.keys import IdentityKeyPair, IdentityPublicKey
 from kluis.protocol.prekeys import PreKeyStore
@@ -131,9 +130,7 @@ class PeerSessions:
     def deserialize(cls, data: bytes) -> PeerSessions:
         """Raises DecodeError, UnsupportedVersion, BadSignature."""
         r = Reader(data, "peer sessions")
-        version = r.u8()
-        if version != PEER_VERSION:
-            raise UnsupportedVersion("peer sessions", version)
+        r.expect_version(PEER_VERSION)
         count = r.u8()
         if count > MAX_SESSIONS:
             raise DecodeError("peer sessions", DecodeReason.TOO_LONG)

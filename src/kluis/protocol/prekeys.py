@@ -13,12 +13,14 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from kluis.protocol._codec import Reader, Writer
-from kluis.protocol.errors import DecodeError, DecodeReason, UnsupportedVersion
+from kluis.protocol.bundle import OneTimePreKeyPublic, PreKeyBundle
+from kluis.protocol.errors import DecodeError, DecodeReason
 from kluis.protocol.keys import (
     MLKEM_SEED_LEN,
     SIGNATURE_LEN,
     X25519_LEN,
     IdentityKeyPair,
+    IdentityPublicKey,
     KemKeyPair,
     KeyKind,
     SignedPublicKey,
@@ -111,6 +113,19 @@ class LocalPreKeys:
     def current_signed_prekey(self) -> SignedPublicKey:
         return self.signed[max(self.signed)][1]
 
+    def bundle(self, identity: IdentityPublicKey, envelope_key: SignedPublicKey) -> PreKeyBundle:
+        """A bundle of the lowest-id one-time keys, as a directory would hand out first.
+
+        For in-memory use (demo, benchmark); the relay's directory builds bundles from uploaded keys.
+        """
+        kem_ids = [k for k, (pair, _) in self.kem.items() if not pair.last_resort]
+        kem = self.kem[min(kem_ids)][1] if kem_ids else self.last_resort_kem()
+        otk = None
+        if self.one_time:
+            pair = self.one_time[min(self.one_time)]
+            otk = OneTimePreKeyPublic(pair.key_id, pair.public_bytes)
+        return PreKeyBundle(identity, self.current_signed_prekey(), kem, envelope_key, otk)
+
     def last_resort_kem(self) -> SignedPublicKey:
         ids = [k for k, (pair, _) in self.kem.items() if pair.last_resort]
         return self.kem[max(ids)][1]
@@ -165,9 +180,7 @@ class LocalPreKeys:
     def deserialize(cls, data: bytes) -> LocalPreKeys:
         """Raises DecodeError or UnsupportedVersion."""
         r = Reader(data, "prekey store")
-        version = r.u8()
-        if version != STORE_VERSION:
-            raise UnsupportedVersion("prekey store", version)
+        r.expect_version(STORE_VERSION)
         store = cls()
         store.next_id = r.u32()
         for _ in range(_count(r, MAX_PREKEYS_PER_KIND)):

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from kluis.protocol._codec import Reader, Writer
 from kluis.protocol.bundle import VerifiedBundle
-from kluis.protocol.errors import DecodeError, DecodeReason, LocalProtocolError, UnsupportedVersion
+from kluis.protocol.errors import DecodeError, DecodeReason, LocalProtocolError
 from kluis.protocol.handshake import InitialMessage, accept, initiate
 from kluis.protocol.keys import IdentityKeyPair, IdentityPublicKey
 from kluis.protocol.padding import pad, unpad
@@ -46,9 +46,7 @@ class SessionPayload:
     def from_bytes(cls, data: bytes) -> SessionPayload:
         """Raises DecodeError, UnsupportedVersion, BadSignature (an initial message's identity)."""
         r = Reader(data, "session payload")
-        version = r.u8()
-        if version != PAYLOAD_VERSION:
-            raise UnsupportedVersion("session payload", version)
+        r.expect_version(PAYLOAD_VERSION)
         kind = r.u8()
         if kind == KIND_RATCHET:
             return cls(None, r.rest())
@@ -142,9 +140,7 @@ class Session:
     def deserialize(cls, data: bytes) -> Session:
         """Raises DecodeError, UnsupportedVersion, BadSignature."""
         r = Reader(data, "session snapshot")
-        version = r.u8()
-        if version != SNAPSHOT_VERSION:
-            raise UnsupportedVersion("session snapshot", version)
+        r.expect_version(SNAPSHOT_VERSION)
         remote = IdentityPublicKey.from_bytes(r.raw(IdentityPublicKey.ENCODED_LEN))
         flag = r.u8()
         if flag > 1:

@@ -29,7 +29,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from kluis.protocol._codec import Reader, Writer
-from kluis.protocol.errors import DecodeError, DecodeReason, UnsupportedVersion
+from kluis.protocol.errors import DecodeError, DecodeReason
 from kluis.protocol.ratchet.constants import (
     KEY_LEN,
     MAX_AD_LEN,
@@ -86,9 +86,7 @@ def encode_state(f: StateFields) -> bytes:
 def decode_state(data: bytes) -> StateFields:
     """Parses :func:`encode_state` output; raises DecodeError or UnsupportedVersion."""
     r = Reader(data, _WHAT)
-    version = r.u8()
-    if version != STATE_VERSION:
-        raise UnsupportedVersion(_WHAT, version)
+    r.expect_version(STATE_VERSION)
     ad = r.var16(MAX_AD_LEN)
     rk = r.raw(KEY_LEN)
     dhs_private = r.raw(KEY_LEN)
