@@ -1,0 +1,1 @@
+"""The relay service: accounts, prekey directory, mailboxes, delivery over WebSocket (DESIGN.md)."""
