@@ -6,6 +6,8 @@ import json
 
 import click
 
+from kluis.cli.admin import admin
+
 
 @click.group()
 @click.version_option(package_name="kluis")
@@ -35,6 +37,9 @@ def demo() -> None:
     from kluis.cli.demo import run_demo
 
     run_demo(click.echo)
+
+
+cli.add_command(admin)
 
 
 def main() -> None:

@@ -1,0 +1,87 @@
+"""Relay storage: small interfaces (base), the in-memory reference and SQLite (STYLE.md §3).
+
+``open_storage`` picks the backend from a URL::
+
+    memory:                       the reference store (tests, fuzzers)
+    sqlite:///var/lib/kluis/kluis.db, or a plain path   SQLite (the default deployment)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kluis.server.storage.base import (
+    ACCOUNT_ID_LEN,
+    ENVELOPE_ID_LEN,
+    Account,
+    AccountId,
+    AccountStore,
+    AlreadyExists,
+    CodeStore,
+    DirectoryEntry,
+    DirectoryStore,
+    MailboxItem,
+    MailboxStore,
+    SchemaTooNew,
+    Storage,
+    StorageError,
+    StoredEnvelope,
+    UnknownAccount,
+    epoch_day,
+)
+
+__all__ = [
+    "ACCOUNT_ID_LEN",
+    "DATABASE_FILENAME",
+    "ENVELOPE_ID_LEN",
+    "Account",
+    "AccountId",
+    "AccountStore",
+    "AlreadyExists",
+    "CodeStore",
+    "DirectoryEntry",
+    "DirectoryStore",
+    "MailboxItem",
+    "MailboxStore",
+    "SchemaTooNew",
+    "Storage",
+    "StorageError",
+    "StoredEnvelope",
+    "UnknownAccount",
+    "database_path",
+    "epoch_day",
+    "open_storage",
+]
+
+DATABASE_FILENAME = "kluis.db"
+
+
+def database_path(data_dir: str | Path) -> Path:
+    """Where the relay's database lives inside its data directory (server and ``kluis admin`` agree)."""
+    return Path(data_dir) / DATABASE_FILENAME
+
+
+async def open_storage(url_or_path: str | Path, *, fsync: bool) -> Storage:
+    """Opens a backend: ``memory:``, ``sqlite:///abs/path.db`` or a plain file path.
+
+    Args:
+        url_or_path: which backend and where.
+        fsync: SQLite only: sync every commit to disk (survives power loss; ``synchronous=FULL``).
+            Without it a commit survives a crash of the process, not of the machine.
+
+    Raises:
+        SchemaTooNew: the database was written by a newer, incompatible release.
+        StorageError: the file is not a kluis database or cannot be put in WAL mode.
+    """
+    target = str(url_or_path)
+    if target == "memory:":
+        from kluis.server.storage.memory import MemoryStorage
+
+        return MemoryStorage()
+    if target.startswith("sqlite://"):
+        target = target.removeprefix("sqlite://")
+    elif ":" in target.split("/")[0] and not Path(target).exists():
+        raise StorageError("unknown storage URL scheme (use memory:, sqlite:///path or a path)")
+    from kluis.server.storage.sqlite import SqliteStorage
+
+    return SqliteStorage.open(Path(target), fsync=fsync)

@@ -1,0 +1,249 @@
+"""The SQLite connection the SQLite stores share: engine settings, schema deltas, named transactions
+and the group commit of the mailbox hot path.
+
+Everything runs inline on the event loop, with no threads: a writer thread gives no parallelism under
+the GIL and collapsed at a steady 25k msg/s (PERFORMANCE.md). A transaction never spans an ``await``,
+so coroutines cannot interleave inside one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+import re
+import sqlite3
+import time
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+from typing import Protocol, TypeVar
+
+from kluis.server.storage.base import SchemaTooNew, StorageError
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+"""The newest schema delta this code writes (``schema/sqlite/NNN_*.sql``)."""
+SCHEMA_COMPAT_VERSION = 1
+"""The oldest code version that can still use a database written by this code. Stored in the database:
+code whose SCHEMA_VERSION is below a database's compat version refuses to open it (SchemaTooNew)."""
+
+WAL_AUTOCHECKPOINT_PAGES = 10_000
+"""Safety net only (~40 MB of WAL): checkpoints normally come from :meth:`SqliteDatabase.checkpoint` on
+a timer, so a commit that acknowledges envelopes does not also pay for a checkpoint."""
+JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
+"""After a checkpoint resets the WAL, truncate the file to this size so it does not stay large."""
+BUSY_TIMEOUT_MS = 2_000
+"""``kluis admin`` may write while the server runs; its transactions are tiny, so a short wait."""
+
+_DELTA_NAME = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
+
+
+class SqliteEngine:
+    """What differs between engines (Synapse ``storage/engines``), for SQLite."""
+
+    name = "sqlite"
+    begin_write = "BEGIN IMMEDIATE"  # take the write lock up front: no upgrade deadlock with readers
+
+    def __init__(self, library_version: tuple[int, ...] = sqlite3.sqlite_version_info) -> None:
+        self.supports_returning = library_version >= (3, 35, 0)
+
+    def connect(self, path: Path, *, fsync: bool) -> sqlite3.Connection:
+        # Create the file owner-only before SQLite does; the -wal and -shm files copy its mode.
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        conn = sqlite3.connect(path, isolation_level=None, cached_statements=256)
+        try:
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode != "wal":
+                raise StorageError(f"cannot switch the database to WAL mode (got {mode})")
+            # NORMAL: a commit survives a crash of the process (kill -9) but not a power loss; FULL
+            # syncs the WAL on every commit (PERFORMANCE.md: little throughput, p99 ~1.1 ms).
+            conn.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
+            # Deleted envelopes and keys are overwritten with zeros, not left in free pages.
+            conn.execute("PRAGMA secure_delete=ON")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
+            conn.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
+            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+
+def schema_deltas(engine: str = "sqlite") -> list[tuple[int, str]]:
+    """The numbered delta files shipped in the package, in order."""
+    folder = resources.files("kluis.server.storage").joinpath("schema", engine)
+    deltas = []
+    for entry in folder.iterdir():
+        match = _DELTA_NAME.match(entry.name)
+        if match:
+            deltas.append((int(match.group(1)), entry.read_text(encoding="utf-8")))
+    deltas.sort()
+    return deltas
+
+
+class TransactionObserver(Protocol):
+    def __call__(self, name: str, seconds: float, /) -> None: ...
+
+
+class GroupWork(Protocol):
+    """One unit of the group commit: ``run`` inside the shared transaction, then ``done`` once."""
+
+    name: str
+
+    def run(self, conn: sqlite3.Connection) -> None: ...
+
+    def done(self, error: BaseException | None) -> None: ...
+
+
+class SqliteDatabase:
+    """One connection, named transactions and the end-of-loop-pass group commit.
+
+    Group commit: :meth:`group_commit` queues a work item and, for the first item of a loop pass,
+    schedules :meth:`flush` with ``loop.call_soon``. Work queued by every coroutine that runs in the
+    current pass lands in the queue first; the flush then runs all of it in ONE transaction (each item
+    typically one ``executemany``), commits, and tells each item whether it is durable.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, engine: SqliteEngine) -> None:
+        self.conn = conn
+        self.engine = engine
+        self.commits: collections.Counter[str] = collections.Counter()
+        """Committed transactions by name (tests and metrics)."""
+        self.group_items: collections.Counter[str] = collections.Counter()
+        """Work items committed through :meth:`group_commit`, by name."""
+        self.observer: TransactionObserver | None = None
+        """Called with (transaction name, seconds) after each commit, e.g. a Prometheus histogram."""
+        self._pending: list[GroupWork] = []
+        self._closed = False
+
+    @classmethod
+    def open(cls, path: Path, *, fsync: bool) -> SqliteDatabase:
+        engine = SqliteEngine()
+        conn = engine.connect(path, fsync=fsync)
+        try:
+            migrate(conn, engine)
+        except BaseException:
+            conn.close()
+            raise
+        return cls(conn, engine)
+
+    @property
+    def commit_count(self) -> int:
+        return sum(self.commits.values())
+
+    def run_interaction(self, name: str, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Runs ``fn`` in one write transaction called ``name`` and commits it (Synapse's runInteraction).
+
+        ``name`` is what logs and metrics show; they never show ids or bytes.
+        """
+        if self._closed:
+            raise StorageError(f"{name}: storage is closed")
+        conn = self.conn
+        start = time.perf_counter()
+        conn.execute(self.engine.begin_write)
+        try:
+            result = fn(conn)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        seconds = time.perf_counter() - start
+        self.commits[name] += 1
+        if self.observer is not None:
+            self.observer(name, seconds)
+        return result
+
+    def read(self, name: str, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """A read outside any explicit transaction (each statement sees the last commit)."""
+        if self._closed:
+            raise StorageError(f"{name}: storage is closed")
+        del name  # reads are not counted; the name documents the call site
+        return fn(self.conn)
+
+    def group_commit(self, work: GroupWork) -> None:
+        """Queues ``work`` for the commit at the end of this event-loop pass."""
+        if self._closed:
+            raise StorageError(f"{work.name}: storage is closed")
+        if not self._pending:
+            asyncio.get_running_loop().call_soon(self.flush)
+        self._pending.append(work)
+
+    def flush(self) -> None:
+        """Runs and commits every queued work item in one transaction; never raises (a loop callback).
+
+        If the transaction fails, every item of the group is told so (none of it is stored).
+        """
+        works, self._pending = self._pending, []
+        if not works:
+            return
+
+        def run_all(conn: sqlite3.Connection) -> None:
+            for work in works:
+                work.run(conn)
+
+        try:
+            self.run_interaction("group_commit", run_all)
+        except Exception as exc:  # delivered to every waiter; the loop must keep running
+            log.warning("group commit of %d items failed: %s", len(works), type(exc).__name__)
+            for work in works:
+                work.done(exc)
+            return
+        for work in works:
+            self.group_items[work.name] += 1
+            work.done(None)
+
+    def checkpoint(self, mode: str = "PASSIVE") -> tuple[int, int, int]:
+        """A WAL checkpoint: PASSIVE never waits for readers or writers. Returns (busy, wal pages,
+        checkpointed pages)."""
+        if mode not in {"PASSIVE", "FULL", "RESTART", "TRUNCATE"}:
+            raise ValueError(mode)
+        self.flush()
+        start = time.perf_counter()
+        busy, log_pages, done = self.conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+        if self.observer is not None:
+            self.observer("wal_checkpoint", time.perf_counter() - start)
+        return int(busy), int(log_pages), int(done)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self.flush()
+        self._closed = True
+        self.conn.close()
+
+
+def migrate(conn: sqlite3.Connection, engine: SqliteEngine) -> None:
+    """Brings the schema up to SCHEMA_VERSION, or raises SchemaTooNew (Synapse's compat rule)."""
+    current = 0
+    has_table = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
+    ).fetchone()
+    if has_table:
+        row = conn.execute("SELECT version, compat_version FROM schema_version").fetchone()
+        if row is None:
+            raise StorageError("schema_version table is empty: not a kluis database")
+        current, compat = int(row[0]), int(row[1])
+        if compat > SCHEMA_VERSION:
+            raise SchemaTooNew(compat, SCHEMA_VERSION)
+    elif conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table'").fetchone():
+        raise StorageError("the database has tables but no schema_version: not a kluis database")
+    for version, sql in schema_deltas(engine.name):
+        if version <= current or version > SCHEMA_VERSION:
+            continue
+        # Integers from this module, not input.
+        values = f"({version}, {SCHEMA_COMPAT_VERSION})"
+        stamp = f"DELETE FROM schema_version; INSERT INTO schema_version VALUES {values};"  # noqa: S608
+        try:
+            # One transaction per delta: a crash leaves the previous version intact.
+            conn.executescript(f"{engine.begin_write};\n{sql}\n{stamp}\nCOMMIT;")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        log.info("database schema now at version %d", version)

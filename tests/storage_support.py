@@ -1,0 +1,40 @@
+"""Helpers for the storage tests: open a backend inside a fresh event loop, build accounts."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from kluis.server.storage import Account, AccountId, Storage, StoredEnvelope, open_storage
+
+Body = Callable[[Storage], Awaitable[None]]
+
+
+def storage_url(backend: str, tmp_path: Path) -> str:
+    return "memory:" if backend == "memory" else f"sqlite://{tmp_path / 'kluis.db'}"
+
+
+def run_with(url: str, body: Body) -> None:
+    async def main() -> None:
+        storage = await open_storage(url, fsync=False)
+        try:
+            await body(storage)
+        finally:
+            await storage.close()
+
+    asyncio.run(main())
+
+
+def account(n: int = 0, *, expires_day: int = 20_000) -> Account:
+    return Account(
+        account_id=AccountId(n.to_bytes(16, "big")),
+        identity=bytes([n % 256]) * 129,
+        token_hash=bytes([(n + 1) % 256]) * 32,
+        expires_day=expires_day,
+    )
+
+
+def envelope(recipient: AccountId, n: int, *, expiry_day: int = 20_030, size: int = 64) -> StoredEnvelope:
+    return StoredEnvelope(recipient, n.to_bytes(16, "big"), os.urandom(size), expiry_day)
