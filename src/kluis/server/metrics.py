@@ -1,0 +1,223 @@
+"""Prometheus metrics of the relay: counts, sizes and latencies, never who.
+
+Every label value comes from a fixed set known when the server starts: frame types from
+``kluis.relay.frames.FrameType``, and the ``Literal`` types below. The labelled series are all created
+in ``Metrics.__init__`` and looked up in plain dicts afterwards, so
+
+- a value outside the set raises ``KeyError`` at the call (and mypy rejects it before that): no account
+  id, key, token, address or envelope id can become a label, and the number of series is bounded;
+- the hot path does a dict lookup and an ``inc()``, not prometheus_client's ``labels()`` call.
+
+The metrics live in their own ``CollectorRegistry`` (not the process-global one), so tests and several
+apps in one process do not collide. docs/OPERATING.md lists them (a test checks the list).
+"""
+
+from __future__ import annotations
+
+from typing import Final, Literal, get_args
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
+
+from kluis.protocol.envelope import ENC_LEN, HEADER_LEN, TAG_LEN
+from kluis.protocol.padding import BUCKETS, ENVELOPE_MAX_BUCKET
+from kluis.relay.frames import FrameType
+
+ConnectionKind = Literal["authenticated", "sending"]
+"""An account's own connection (receives, uploads keys) or a sealed-send connection (no account)."""
+EnvelopeEvent = Literal["accepted", "delivered", "acknowledged", "expired", "duplicate"]
+RejectReason = Literal[
+    "bad_token",
+    "revoked",
+    "unknown_recipient",
+    "too_large",
+    "rate_limited",
+    "subscription",
+    "malformed",
+    "unavailable",
+]
+RefusedConnection = Literal["idle", "flood", "handshake_timeout", "capacity"]
+"""Why the server closed or refused a connection: no frame for idle_timeout_s, more than the send
+rate allows, no hello within handshake_timeout_s, or max_connections reached."""
+Direction = Literal["received", "sent"]
+
+NAMESPACE: Final = "kluis"
+
+# Envelopes come in exactly these sizes (a padding bucket plus header, encapsulation and tag), so a
+# bucket per size shows the size distribution exactly; anything else lands in +Inf.
+ENVELOPE_SIZE_BUCKETS: Final = tuple(
+    HEADER_LEN + ENC_LEN + b + TAG_LEN for b in BUCKETS if b <= ENVELOPE_MAX_BUCKET
+)
+# From 50 microseconds (a batched SQLite commit on a fast disk) to 10 seconds (something is wrong).
+LATENCY_BUCKETS: Final = (
+    50e-6, 100e-6, 250e-6, 500e-6,
+    1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3, 500e-3,
+    1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+COMMIT_BATCH_BUCKETS: Final = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
+
+
+class Metrics:
+    """The relay's metrics over a private registry. One instance per app.
+
+    Args:
+        process: also export the standard ``process_*`` metrics (CPU, memory, open files).
+    """
+
+    def __init__(self, *, process: bool = True) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        if process:
+            ProcessCollector(registry=r)
+
+        connections = Gauge(
+            "connections", "Open WebSocket connections by kind.", ["kind"], namespace=NAMESPACE, registry=r
+        )
+        self._connections = {k: connections.labels(k) for k in get_args(ConnectionKind)}
+        refused = Counter(
+            "connections_refused",
+            "Connections closed or refused by the server, by reason.",
+            ["reason"],
+            namespace=NAMESPACE,
+            registry=r,
+        )
+        self._refused = {k: refused.labels(k) for k in get_args(RefusedConnection)}
+
+        frames = Counter(
+            "frames",
+            "Relay frames by direction and type.",
+            ["direction", "type"],
+            namespace=NAMESPACE,
+            registry=r,
+        )
+        self._frames = {
+            (d, t): frames.labels(d, t.name.lower()) for d in get_args(Direction) for t in FrameType
+        }
+        self._frame_bytes = {
+            d: Counter(f"frame_bytes_{d}", f"Bytes of relay frames {d}.", namespace=NAMESPACE, registry=r)
+            for d in get_args(Direction)
+        }
+
+        envelopes = Counter(
+            "envelopes", "Envelopes by what happened to them.", ["event"], namespace=NAMESPACE, registry=r
+        )
+        self._envelopes = {e: envelopes.labels(e) for e in get_args(EnvelopeEvent)}
+        rejections = Counter(
+            "send_rejections",
+            "Envelopes refused at send, by reason.",
+            ["reason"],
+            namespace=NAMESPACE,
+            registry=r,
+        )
+        self._rejections = {k: rejections.labels(k) for k in get_args(RejectReason)}
+        self.envelope_size = Histogram(
+            "envelope_size_bytes",
+            "Size of accepted envelopes.",
+            buckets=ENVELOPE_SIZE_BUCKETS,
+            namespace=NAMESPACE,
+            registry=r,
+        )
+
+        self.commit_latency = Histogram(
+            "store_commit_seconds",
+            "Time to commit one batch of writes to storage.",
+            buckets=LATENCY_BUCKETS,
+            namespace=NAMESPACE,
+            registry=r,
+        )
+        self.commit_batch = Histogram(
+            "store_commit_batch_envelopes",
+            "Envelopes written per storage commit.",
+            buckets=COMMIT_BATCH_BUCKETS,
+            namespace=NAMESPACE,
+            registry=r,
+        )
+        self.send_to_ack_latency = Histogram(
+            "send_ack_seconds",
+            "From a send frame's arrival to its acknowledgement being written (envelopes durable).",
+            buckets=LATENCY_BUCKETS,
+            namespace=NAMESPACE,
+            registry=r,
+        )
+
+        self.accounts_registered = Counter(
+            "accounts_registered",
+            "Accounts created by redeeming an activation code.",
+            namespace=NAMESPACE,
+            registry=r,
+        )
+        self.accounts_revoked = Counter(
+            "accounts_revoked",
+            "Accounts revoked (panic or by the operator).",
+            namespace=NAMESPACE,
+            registry=r,
+        )
+        self.bundles_fetched = Counter(
+            "bundles_fetched", "Prekey bundles handed out.", namespace=NAMESPACE, registry=r
+        )
+        self.prekeys_low = Counter(
+            "prekey_stock_low",
+            "Times an account's one-time prekey stock fell below the watermark.",
+            namespace=NAMESPACE,
+            registry=r,
+        )
+
+    # Connections -------------------------------------------------------------------------------------
+
+    def connection_opened(self, kind: ConnectionKind) -> None:
+        self._connections[kind].inc()
+
+    def connection_closed(self, kind: ConnectionKind) -> None:
+        self._connections[kind].dec()
+
+    def connection_refused(self, reason: RefusedConnection) -> None:
+        self._refused[reason].inc()
+
+    # Frames and envelopes ----------------------------------------------------------------------------
+
+    def frame_received(self, frame_type: FrameType, size: int) -> None:
+        self._frames["received", frame_type].inc()
+        self._frame_bytes["received"].inc(size)
+
+    def frame_sent(self, frame_type: FrameType, size: int) -> None:
+        self._frames["sent", frame_type].inc()
+        self._frame_bytes["sent"].inc(size)
+
+    def envelopes(self, event: EnvelopeEvent, count: int = 1) -> None:
+        """Count ``count`` envelopes that were accepted, delivered, acknowledged, expired or duplicates."""
+        self._envelopes[event].inc(count)
+
+    def envelope_accepted(self, size: int) -> None:
+        """One envelope stored for delivery: counted and its size observed."""
+        self._envelopes["accepted"].inc()
+        self.envelope_size.observe(size)
+
+    def send_rejected(self, reason: RejectReason, count: int = 1) -> None:
+        self._rejections[reason].inc(count)
+
+    # Latencies ---------------------------------------------------------------------------------------
+
+    def commit(self, seconds: float, envelopes: int) -> None:
+        """One storage commit: its duration and how many envelopes it wrote."""
+        self.commit_latency.observe(seconds)
+        self.commit_batch.observe(envelopes)
+
+    def send_acknowledged(self, seconds: float) -> None:
+        self.send_to_ack_latency.observe(seconds)
+
+    # Exposition --------------------------------------------------------------------------------------
+
+    def render(self) -> tuple[bytes, str]:
+        """The body and Content-Type of a ``/metrics`` response (Prometheus text format).
+
+        The content type carries a charset, which aiohttp's ``content_type=`` refuses; send it as a
+        header: ``web.Response(body=body, headers={"Content-Type": content_type})``.
+        """
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
