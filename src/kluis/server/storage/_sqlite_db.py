@@ -123,10 +123,17 @@ class SqliteDatabase:
 
     @classmethod
     def open(cls, path: Path, *, fsync: bool) -> SqliteDatabase:
+        """Opens (creating if needed) and migrates the database; errors become StorageError."""
         engine = SqliteEngine()
-        conn = engine.connect(path, fsync=fsync)
+        try:
+            conn = engine.connect(path, fsync=fsync)
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot open the database: {exc}") from exc
         try:
             migrate(conn, engine)
+        except sqlite3.Error as exc:
+            conn.close()
+            raise StorageError(f"cannot open the database: {exc}") from exc
         except BaseException:
             conn.close()
             raise

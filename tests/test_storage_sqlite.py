@@ -1,0 +1,224 @@
+"""SQLite-only storage properties: durability, group commit, schema versions, the seizure profile."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import stat
+from pathlib import Path
+
+import pytest
+
+from kluis.server.storage import SchemaTooNew, StorageError, StoredEnvelope, database_path, open_storage
+from kluis.server.storage._sqlite_db import SCHEMA_COMPAT_VERSION, SCHEMA_VERSION
+from kluis.server.storage.sqlite import SqliteStorage
+from tests.storage_support import account, envelope
+
+# The seizure profile (DESIGN.md, issue 3), column by column. A new column anywhere fails this test:
+# adding one is a decision about what a seized server gives away, to be made here on purpose.
+SEIZURE_PROFILE = {
+    "activation_codes": ["code_hash", "days"],
+    "accounts": ["account_id", "identity", "token_hash", "expires_day", "revoked", "revocation"],
+    "signed_prekeys": ["account_id", "slot", "encoding"],
+    "one_time_prekeys": ["account_id", "kind", "key_id", "encoding"],
+    "envelope_keys": ["account_id", "position", "encoding"],
+    "mailbox": ["recipient", "seq", "envelope_id", "ciphertext", "expiry_day"],
+    "schema_version": ["version", "compat_version"],
+}
+
+
+async def _open(path: Path, *, fsync: bool = False) -> SqliteStorage:
+    storage = await open_storage(f"sqlite://{path}", fsync=fsync)
+    assert isinstance(storage, SqliteStorage)
+    return storage
+
+
+def test_database_holds_only_the_seizure_profile(tmp_path: Path) -> None:
+    path = database_path(tmp_path)
+
+    async def main() -> None:
+        s = await _open(path)
+        await s.close()
+
+    asyncio.run(main())
+    conn = sqlite3.connect(path)
+    tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+    assert sorted(tables) == sorted(SEIZURE_PROFILE)
+    for table in tables:
+        columns = [r[1] for r in conn.execute(f"PRAGMA table_xinfo({table})")]
+        assert columns == SEIZURE_PROFILE[table], table
+        # WITHOUT ROWID: no hidden integer that records the order rows arrived in across accounts.
+        with pytest.raises(sqlite3.OperationalError, match="rowid"):
+            conn.execute(f"SELECT rowid FROM {table}")
+    assert conn.execute(
+        "SELECT count(*) FROM sqlite_master WHERE type IN ('trigger', 'view')"
+    ).fetchone() == (0,)
+    conn.close()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_pragmas(tmp_path: Path) -> None:
+    async def main() -> None:
+        for fsync, level in ((False, 1), (True, 2)):  # NORMAL, FULL
+            s = await _open(tmp_path / f"{fsync}.db", fsync=fsync)
+            c = s.db.conn
+            assert c.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+            assert c.execute("PRAGMA synchronous").fetchone() == (level,)
+            assert c.execute("PRAGMA secure_delete").fetchone() == (1,)
+            assert c.execute("PRAGMA foreign_keys").fetchone() == (1,)
+            await s.close()
+
+    asyncio.run(main())
+
+
+def test_deleted_envelope_is_gone_from_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "kluis.db"
+    secret = os.urandom(3000)
+
+    async def main() -> None:
+        s = await _open(path)
+        a = account(1)
+        await s.accounts.create(a)
+        [(seq, _)] = await s.mailbox.append([StoredEnvelope(a.account_id, b"e" * 16, secret, 20_000)])
+        s.db.checkpoint("TRUNCATE")
+        assert secret[:32] in path.read_bytes()  # it reached the main file
+        assert await s.mailbox.delete(a.account_id, [seq]) == 1
+        s.db.checkpoint("TRUNCATE")
+        await s.close()
+
+    asyncio.run(main())
+    data = path.read_bytes() + b"".join(p.read_bytes() for p in tmp_path.glob("kluis.db-*"))
+    for offset in range(0, 3000 - 32, 500):
+        assert secret[offset : offset + 32] not in data
+
+
+def test_durable_across_reopen_and_counters_continue(tmp_path: Path) -> None:
+    path = tmp_path / "kluis.db"
+    a = account(1)
+
+    async def first() -> list[tuple[int, bool]]:
+        s = await _open(path)
+        await s.accounts.create(a)
+        await s.codes.add_codes([b"c" * 32], 5)
+        await s.directory.add_one_time_prekeys(a.account_id, [(1, b"k")])
+        stored = await s.mailbox.append([envelope(a.account_id, i) for i in range(3)])
+        await s.close()
+        return stored
+
+    async def second(stored: list[tuple[int, bool]]) -> None:
+        s = await _open(path)
+        assert await s.accounts.get(a.account_id) == a
+        assert await s.codes.redeem(b"c" * 32) == 5
+        assert await s.directory.counts(a.account_id) == (1, 0)
+        assert [i.seq for i in await s.mailbox.fetch(a.account_id, 0, 10)] == [q for q, _ in stored]
+        # the resend of a stored envelope is recognised after a restart too
+        assert await s.mailbox.append([envelope(a.account_id, 0)]) == [(stored[0][0], False)]
+        [(seq, new)] = await s.mailbox.append([envelope(a.account_id, 7)])
+        assert new
+        assert seq > stored[-1][0]
+        await s.close()
+
+    asyncio.run(second(asyncio.run(first())))
+
+
+def test_group_commit_one_transaction_per_loop_pass(tmp_path: Path) -> None:
+    async def main() -> None:
+        s = await _open(tmp_path / "kluis.db")
+        a, b = account(1), account(2)
+        await s.accounts.create(a)
+        await s.accounts.create(b)
+        before = s.db.commit_count
+        appends = [s.mailbox.append([envelope(r.account_id, i)]) for i in range(100) for r in (a, b)]
+        results = await asyncio.gather(*appends)
+        assert s.db.commit_count == before + 1
+        assert s.db.commits["group_commit"] == 1
+        assert len({seq for r in results[::2] for seq, _ in r}) == 100
+        # deletes and appends from the same pass share one transaction too
+        seqs = [r[0][0] for r in results[::2]]
+        await asyncio.gather(
+            *(s.mailbox.delete(a.account_id, [q]) for q in seqs),
+            s.mailbox.append([envelope(b.account_id, 500)]),
+        )
+        assert s.db.commit_count == before + 2
+        assert s.db.group_items["mailbox_delete"] == 100
+        assert await s.mailbox.count(a.account_id) == 0
+        assert await s.mailbox.count(b.account_id) == 101
+        await s.close()
+
+    asyncio.run(main())
+
+
+def test_group_commit_failure_reaches_every_waiter(tmp_path: Path) -> None:
+    async def main() -> None:
+        s = await _open(tmp_path / "kluis.db")
+        a = account(1)
+        await s.accounts.create(a)
+        await s.mailbox.append([envelope(a.account_id, 0)])
+        # Make the next transaction fail: the table is gone behind the store's back.
+        s.db.conn.execute("DROP TABLE mailbox")
+        results = await asyncio.gather(
+            *(s.mailbox.append([envelope(a.account_id, i)]) for i in range(1, 4)), return_exceptions=True
+        )
+        assert all(isinstance(r, sqlite3.OperationalError) for r in results)
+        assert not s.db.conn.in_transaction
+        await s.close()
+
+    asyncio.run(main())
+
+
+def test_newer_incompatible_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "kluis.db"
+
+    async def create() -> None:
+        await (await _open(path)).close()
+
+    asyncio.run(create())
+    conn = sqlite3.connect(path)
+    conn.execute(
+        "UPDATE schema_version SET version = ?, compat_version = ?", (SCHEMA_VERSION + 5, SCHEMA_VERSION + 1)
+    )
+    conn.commit()
+    conn.close()
+    with pytest.raises(SchemaTooNew) as info:
+        asyncio.run(_open(path))
+    assert (info.value.database_compat, info.value.code_version) == (SCHEMA_VERSION + 1, SCHEMA_VERSION)
+
+    # a newer schema that declares itself compatible with this code is opened
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE schema_version SET compat_version = ?", (SCHEMA_COMPAT_VERSION,))
+    conn.commit()
+    conn.close()
+    asyncio.run(create())
+
+
+def test_foreign_database_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "other.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE t (x)")
+    conn.commit()
+    conn.close()
+    with pytest.raises(StorageError, match="not a kluis database"):
+        asyncio.run(_open(path))
+
+
+def test_storage_urls(tmp_path: Path) -> None:
+    async def main() -> None:
+        for target in (tmp_path / "plain.db", str(tmp_path / "str.db")):
+            s = await open_storage(target, fsync=False)
+            assert isinstance(s, SqliteStorage)
+            await s.checkpoint()
+            await s.close()
+            await s.close()  # idempotent
+        with pytest.raises(StorageError):
+            await open_storage("postgres://db/kluis", fsync=False)
+
+    asyncio.run(main())
+    assert database_path(tmp_path) == tmp_path / "kluis.db"
+
+
+def test_schema_files_are_packaged() -> None:
+    from kluis.server.storage._sqlite_db import schema_deltas
+
+    versions = [v for v, _ in schema_deltas()]
+    assert versions == list(range(1, SCHEMA_VERSION + 1))
