@@ -7,6 +7,7 @@ import json
 import click
 
 from kluis.cli.admin import admin
+from kluis.cli.server import server
 
 
 @click.group()
@@ -40,6 +41,7 @@ def demo() -> None:
 
 
 cli.add_command(admin)
+cli.add_command(server)
 
 
 def main() -> None:
