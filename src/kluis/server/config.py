@@ -232,3 +232,31 @@ def load_config(config_file: Path | None, overrides: dict[str, object]) -> Serve
         raise ConfigError(_one_line(exc)) from None
     finally:
         _FILE_VALUES.reset(token)
+
+
+def _default_text(name: str) -> str:
+    field = ServerConfig.model_fields[name]
+    if field.is_required():
+        return "(required)"
+    value = field.default
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'"{value}"'
+    return repr(value)
+
+
+def markdown_table() -> str:
+    """The configuration reference of docs/OPERATING.md, generated from the fields (a test compares)."""
+    rows = [
+        "| setting (TOML key) | environment variable | default | meaning |",
+        "| --- | --- | --- | --- |",
+    ]
+    for name, field in ServerConfig.model_fields.items():
+        description = " ".join((field.description or "").split()).replace("|", "\\|")
+        rows.append(f"| `{name}` | `{ENV_PREFIX}{name.upper()}` | `{_default_text(name)}` | {description} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":  # python -m kluis.server.config > table: regenerate the docs table
+    print(markdown_table())
