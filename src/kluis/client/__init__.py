@@ -1,0 +1,1 @@
+"""The Kluis client SDK (async). For now: the relay transport (transport.py)."""

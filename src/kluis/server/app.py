@@ -1,0 +1,71 @@
+"""The aiohttp application factory: HTTP routes and the WebSocket stream on one port."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from kluis.server.config import ServerConfig
+from kluis.server.http import MAX_BODY, RELAY, add_routes, errors_middleware
+from kluis.server.relay import Relay
+from kluis.server.ws import Connection, StreamSettings
+
+CONNECTIONS: web.AppKey[set[Connection]] = web.AppKey("connections", set)
+CLOSE_TIMEOUT_S = 2.0
+"""How long a closing WebSocket waits for the peer's close reply; a peer that stopped reading must
+not hold a shutdown for aiohttp's default 10 s."""
+SETTINGS: web.AppKey[StreamSettings] = web.AppKey("settings", StreamSettings)
+CONFIG: web.AppKey[ServerConfig] = web.AppKey("config", ServerConfig)
+
+
+async def stream(request: web.Request) -> web.StreamResponse:
+    """GET /v1/stream: the WebSocket of relay frames (docs/PROTOCOL.md §9)."""
+    config = request.app[CONFIG]
+    connections = request.app[CONNECTIONS]
+    if len(connections) >= config.max_connections:
+        raise web.HTTPServiceUnavailable(text="too many connections")
+    ws = web.WebSocketResponse(
+        max_msg_size=config.max_frame_bytes,
+        heartbeat=config.heartbeat_s,
+        compress=False,  # compression of ciphertext gains nothing and costs CPU (and CRIME-like leaks)
+        autoping=True,
+        timeout=CLOSE_TIMEOUT_S,
+    )
+    await ws.prepare(request)
+    connection = Connection(ws, request.app[RELAY], request.app[SETTINGS])
+    connections.add(connection)
+    try:
+        await connection.run()
+    finally:
+        connections.discard(connection)
+    return ws
+
+
+async def _close_connections(app: web.Application) -> None:
+    """Graceful shutdown: every connection finishes the frame it is handling, flushes what it owes
+    (acknowledgements of stored envelopes) and closes with SHUTTING_DOWN."""
+    live: set[Connection] = app[CONNECTIONS]
+    connections = list(live)
+    grace = app[CONFIG].shutdown_grace_s
+    await asyncio.gather(*(c.shutdown(grace) for c in connections), return_exceptions=True)
+
+
+def make_app(relay: Relay, config: ServerConfig) -> web.Application:
+    app = web.Application(middlewares=[errors_middleware], client_max_size=MAX_BODY)
+    app[RELAY] = relay
+    app[CONFIG] = config
+    app[CONNECTIONS] = set()
+    app[SETTINGS] = StreamSettings(
+        handshake_timeout=config.handshake_timeout_s,
+        idle_timeout=config.idle_timeout_s,
+        send_rate=config.send_rate_per_s,
+        send_burst=config.send_burst,
+    )
+    add_routes(app)
+    app.router.add_get("/v1/stream", stream)
+    app.on_shutdown.append(_close_connections)
+    return app
+
+
+__all__ = ["make_app"]

@@ -1,0 +1,370 @@
+"""The relay service's logic, independent of HTTP and WebSocket: accounts, authentication, the
+prekey directory, sealed mailboxes and revocation. The transports (http.py, ws.py) only parse,
+call these methods and map errors.
+
+It holds no key that decrypts anything: it checks signatures on public keys, compares hashes of
+delivery tokens, and stores ciphertext it cannot open.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from kluis.protocol._codec import Writer
+from kluis.protocol.errors import KluisProtocolError
+from kluis.protocol.keys import IdentityPublicKey, SignedPublicKey
+from kluis.protocol.revocation import RevocationStatement
+from kluis.relay import frames as f
+from kluis.server.codes import hash_code
+from kluis.server.errors import (
+    AuthFailed,
+    BadRequest,
+    CodeInvalid,
+    NoBundle,
+    Rejected,
+    Revoked,
+    SubscriptionExpired,
+    Unavailable,
+)
+from kluis.server.metrics import Metrics
+from kluis.server.storage.base import (
+    Account,
+    AccountId,
+    AlreadyExists,
+    MailboxItem,
+    Storage,
+    StorageError,
+    StoredEnvelope,
+    epoch_day,
+)
+
+ACCOUNT_CACHE = 200_000
+"""Accounts kept in memory for the token check on every send (about 400 bytes each: 80 MB at most,
+and Sky ECC's 171,000 users fit)."""
+
+PASS_LABEL = b"Kluis send pass v1\x00"
+SendResults = list[tuple[bytes, f.SendStatus]]
+
+
+class MailboxSink(Protocol):
+    """A connected mailbox (one per account): the relay pushes to it without waiting."""
+
+    def offer(self, items: list[MailboxItem]) -> None:
+        """New envelopes were stored for this account (in seq order)."""
+
+    def key_stock(self, one_time_left: int, kem_left: int) -> None:
+        """The directory's stock of this account's one-time prekeys is low."""
+
+    def replaced(self) -> None:
+        """Another connection authenticated as this account; this one must close."""
+
+
+class FanOut(Protocol):
+    """Who is connected where. In-process here; Redis when relays scale out (issue 5)."""
+
+    def attach(self, account: AccountId, sink: MailboxSink) -> None: ...
+    def detach(self, account: AccountId, sink: MailboxSink) -> None: ...
+    def get(self, account: AccountId) -> MailboxSink | None: ...
+
+
+class LocalFanOut:
+    def __init__(self) -> None:
+        self._sinks: dict[AccountId, MailboxSink] = {}
+
+    def attach(self, account: AccountId, sink: MailboxSink) -> None:
+        old = self._sinks.get(account)
+        self._sinks[account] = sink
+        if old is not None and old is not sink:
+            old.replaced()
+
+    def detach(self, account: AccountId, sink: MailboxSink) -> None:
+        if self._sinks.get(account) is sink:
+            del self._sinks[account]
+
+    def get(self, account: AccountId) -> MailboxSink | None:
+        return self._sinks.get(account)
+
+    def __len__(self) -> int:
+        return len(self._sinks)
+
+
+@dataclass(frozen=True, slots=True)
+class _Known:
+    account: Account
+    identity: IdentityPublicKey
+
+
+class Relay:
+    """One relay node's service logic over a :class:`Storage` and a :class:`FanOut`."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        *,
+        pass_secret: bytes,
+        retention_days: int = 7,
+        max_envelope_bytes: int = 140_000,
+        prekey_low_watermark: int = 10,
+        fanout: FanOut | None = None,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float],
+    ) -> None:
+        self.storage = storage
+        self.fanout: FanOut = fanout or LocalFanOut()
+        self._pass_secret = pass_secret
+        self.retention_days = retention_days
+        self.max_envelope_bytes = max_envelope_bytes
+        self.low_watermark = prekey_low_watermark
+        self._clock = clock
+        self.metrics = metrics or Metrics(process=False)
+        self._cache: OrderedDict[AccountId, _Known] = OrderedDict()
+
+    def today(self) -> int:
+        return epoch_day(self._clock())
+
+    # -- accounts -------------------------------------------------------------------------------
+
+    async def _known(self, account_id: AccountId) -> _Known | None:
+        known = self._cache.get(account_id)
+        if known is not None:
+            self._cache.move_to_end(account_id)
+            return known
+        account = await self.storage.accounts.get(account_id)
+        if account is None:
+            return None
+        known = _Known(account, IdentityPublicKey.from_bytes(account.identity))
+        self._cache[account_id] = known
+        if len(self._cache) > ACCOUNT_CACHE:
+            self._cache.popitem(last=False)
+        return known
+
+    def _forget(self, account_id: AccountId) -> None:
+        self._cache.pop(account_id, None)
+
+    async def register(self, code: str, identity: bytes, token_hash: bytes) -> tuple[AccountId, int]:
+        """Creates an account paid by ``code``; returns (account id, expiry day).
+
+        The code is redeemed first and forgotten: nothing links it to the account.
+        """
+        try:
+            IdentityPublicKey.from_bytes(identity)
+        except KluisProtocolError:
+            raise BadRequest("identity is not a valid identity key") from None
+        if len(token_hash) != 32:
+            raise BadRequest("token_hash must be 32 bytes")
+        days = await self.storage.codes.redeem(hash_code(code))
+        if days is None:
+            raise CodeInvalid()
+        expires = self.today() + days
+        while True:
+            account_id = AccountId(os.urandom(16))
+            try:
+                await self.storage.accounts.create(Account(account_id, identity, token_hash, expires))
+            except AlreadyExists:  # 2**-128; loop rather than lose the redeemed code
+                continue
+            self.metrics.accounts_registered.inc()
+            return account_id, expires
+
+    async def extend(self, account_id: AccountId, code: str) -> int:
+        known = await self._known(account_id)
+        if known is None:
+            raise Rejected()
+        if known.account.revoked:
+            raise Revoked(known.account.revocation)
+        days = await self.storage.codes.redeem(hash_code(code))
+        if days is None:
+            raise CodeInvalid()
+        expires = await self.storage.accounts.extend(account_id, days, self.today())
+        self._forget(account_id)
+        return expires
+
+    async def revoke(self, statement_bytes: bytes) -> None:
+        """Revokes the account a valid signed statement names: keys and mailbox deleted at once."""
+        try:
+            statement = RevocationStatement.from_bytes(statement_bytes)
+        except KluisProtocolError:
+            raise BadRequest("not a revocation statement") from None
+        known = await self._known(AccountId(statement.account))
+        if known is None:
+            raise Rejected()
+        try:
+            statement.verify(known.identity)
+        except KluisProtocolError:
+            raise AuthFailed() from None
+        if not known.account.revoked:
+            await self.storage.accounts.revoke(known.account.account_id, statement_bytes)
+            self.metrics.accounts_revoked.inc()
+        self._forget(known.account.account_id)
+        sink = self.fanout.get(known.account.account_id)
+        if sink is not None:
+            sink.replaced()
+
+    async def _check_token(self, account_id: AccountId, token: bytes) -> _Known:
+        known = await self._known(account_id)
+        if known is None or not hmac.compare_digest(hashlib.sha256(token).digest(), known.account.token_hash):
+            raise Rejected()
+        if known.account.revoked:
+            raise Revoked(known.account.revocation)
+        return known
+
+    # -- directory ------------------------------------------------------------------------------
+
+    async def bundle(self, account_id: AccountId, token: bytes) -> bytes:
+        """A prekey bundle (bundle.py wire form), consuming one one-time key of each kind."""
+        known = await self._check_token(account_id, token)
+        entry = await self.storage.directory.take_bundle(account_id)
+        if entry is None:
+            raise NoBundle()
+        self.metrics.bundles_fetched.inc()
+        if min(entry.one_time_left, entry.kem_one_time_left) < self.low_watermark:
+            self.metrics.prekeys_low.inc()
+            sink = self.fanout.get(account_id)
+            if sink is not None:
+                sink.key_stock(entry.one_time_left, entry.kem_one_time_left)
+        otk = b"\x00" if entry.one_time_prekey is None else b"\x01" + entry.one_time_prekey
+        # PreKeyBundle wire form (docs/PROTOCOL.md §3): the stored encodings are its fields.
+        return b"".join(
+            (b"\x01", known.account.identity, entry.signed_prekey, entry.kem_prekey, entry.envelope_key, otk)
+        )
+
+    async def upload_keys(self, account_id: AccountId, keys: f.UploadKeys) -> tuple[int, int]:
+        """Stores the uploaded keys after checking every signature; returns the stock counts."""
+        known = await self._known(account_id)
+        if known is None or known.account.revoked:
+            raise Rejected()
+        signed: list[SignedPublicKey] = [*keys.kem, *keys.envelope_keys]
+        signed += [k for k in (keys.signed_prekey, keys.last_resort) if k is not None]
+        try:
+            for key in signed:
+                key.verify(known.identity)
+        except KluisProtocolError:
+            raise BadRequest("a key's signature does not verify") from None
+        directory = self.storage.directory
+        if keys.signed_prekey is not None:
+            await directory.set_signed_prekey(account_id, _encode(keys.signed_prekey))
+        if keys.last_resort is not None:
+            await directory.set_last_resort_kem(account_id, _encode(keys.last_resort))
+        if keys.one_time:
+            await directory.add_one_time_prekeys(
+                account_id, [(key_id, key_id.to_bytes(4, "big") + public) for key_id, public in keys.one_time]
+            )
+        if keys.kem:
+            await directory.add_kem_prekeys(account_id, [(k.key_id, _encode(k)) for k in keys.kem])
+        if keys.envelope_keys:
+            await directory.set_envelope_keys(account_id, [_encode(k) for k in keys.envelope_keys])
+        return await directory.counts(account_id)
+
+    # -- authentication and the send pass -------------------------------------------------------
+
+    async def authenticate(self, nonce: bytes, auth: f.Auth) -> Account:
+        """Checks AUTH against the challenge ``nonce``; returns the account."""
+        known = await self._known(AccountId(auth.account))
+        if known is None:
+            raise AuthFailed()
+        try:
+            known.identity.verify(auth.signature, f.auth_message(nonce, auth.account), "auth")
+        except KluisProtocolError:
+            raise AuthFailed() from None
+        if known.account.revoked:
+            raise Revoked(known.account.revocation)
+        return known.account
+
+    def send_pass(self, day: int) -> bytes:
+        """The day's send pass: the same for every subscriber, so presenting it says only
+        "some paying account", never which (DESIGN.md: the server cannot tie a send to an account)."""
+        return hmac.digest(self._pass_secret, PASS_LABEL + day.to_bytes(4, "big"), "sha256")
+
+    async def send_pass_for(self, account_id: AccountId) -> tuple[int, bytes]:
+        known = await self._known(account_id)
+        if known is None or known.account.revoked:
+            raise Rejected()
+        today = self.today()
+        if known.account.expires_day < today:
+            raise SubscriptionExpired()
+        return today, self.send_pass(today)
+
+    def check_pass(self, day: int, send_pass: bytes) -> bool:
+        """Accepts today's and yesterday's pass (a client fetched it just before midnight)."""
+        today = self.today()
+        return day in (today, today - 1) and hmac.compare_digest(send_pass, self.send_pass(day))
+
+    # -- mailboxes ------------------------------------------------------------------------------
+
+    async def submit(self, envelopes: tuple[f.OutgoingEnvelope, ...]) -> SendResults:
+        """Stores envelopes durably and pushes them to connected recipients; one status each."""
+        results: SendResults = []
+        accepted: list[tuple[int, StoredEnvelope]] = []
+        expiry = self.today() + self.retention_days
+        metrics = self.metrics
+        for e in envelopes:
+            if len(e.envelope) > self.max_envelope_bytes:
+                results.append((e.envelope_id, f.SendStatus.TOO_LARGE))
+                metrics.send_rejected("too_large")
+                continue
+            try:
+                await self._check_token(AccountId(e.recipient), e.token)
+            except Revoked:
+                results.append((e.envelope_id, f.SendStatus.REVOKED))
+                metrics.send_rejected("revoked")
+                continue
+            except Rejected:
+                results.append((e.envelope_id, f.SendStatus.REJECTED))
+                metrics.send_rejected("bad_token")
+                continue
+            accepted.append(
+                (len(results), StoredEnvelope(AccountId(e.recipient), e.envelope_id, e.envelope, expiry))
+            )
+            results.append((e.envelope_id, f.SendStatus.OK))
+        if not accepted:
+            return results
+        started = time.perf_counter()
+        try:
+            stored = await self.storage.mailbox.append([s for _, s in accepted])
+        except StorageError:
+            for index, _ in accepted:
+                results[index] = (results[index][0], f.SendStatus.UNAVAILABLE)
+            metrics.send_rejected("unavailable", len(accepted))
+            return results
+        metrics.commit(time.perf_counter() - started, len(accepted))
+        for (_, envelope), (seq, new) in zip(accepted, stored, strict=True):
+            if not new:
+                metrics.envelopes("duplicate")
+                continue
+            metrics.envelope_accepted(len(envelope.ciphertext))
+            sink = self.fanout.get(envelope.recipient)
+            if sink is not None:
+                sink.offer([MailboxItem(seq, envelope.envelope_id, envelope.ciphertext)])
+        return results
+
+    async def fetch(self, account_id: AccountId, after_seq: int, limit: int) -> list[MailboxItem]:
+        return await self.storage.mailbox.fetch(account_id, after_seq, limit)
+
+    async def receipt(self, account_id: AccountId, seqs: tuple[int, ...]) -> None:
+        try:
+            await self.storage.mailbox.delete(account_id, list(seqs))
+        except StorageError:
+            raise Unavailable() from None
+
+    async def counts(self, account_id: AccountId) -> tuple[int, int]:
+        return await self.storage.directory.counts(account_id)
+
+    async def expire(self) -> int:
+        expired = await self.storage.mailbox.expire(self.today())
+        self.metrics.envelopes("expired", expired)
+        return expired
+
+
+def _encode(key: SignedPublicKey) -> bytes:
+    w = Writer()
+    key.write(w)
+    return w.getvalue()
+
+
+__all__ = ["FanOut", "LocalFanOut", "MailboxSink", "Relay"]

@@ -1,0 +1,360 @@
+"""The WebSocket stream: one connection's life, from CHALLENGE to close (relay/connection.py).
+
+Outgoing frames are coalesced: acknowledgements and deliveries produced during one event-loop pass
+leave in as few frames as possible (up to MAX_BATCH items each), written by one writer task per
+connection, because per-frame cost decides a Python relay's throughput (PERFORMANCE.md). A client
+that does not read (its queue over ``MAX_QUEUED_FRAMES``) is cut off rather than buffered forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+
+from aiohttp import WSMsgType, web
+
+from kluis.protocol.errors import DecodeError, UnsupportedVersion
+from kluis.relay import frames as f
+from kluis.relay.connection import FrameNotAllowed, State, next_state
+from kluis.server.errors import AuthFailed, RelayError, Revoked, SubscriptionExpired, Unavailable
+from kluis.server.metrics import ConnectionKind
+from kluis.server.relay import Relay
+from kluis.server.storage.base import AccountId, MailboxItem
+
+log = logging.getLogger("kluis.server.ws")
+
+MAX_QUEUED_FRAMES = 4096
+"""Frames waiting for a slow reader before the connection is cut (a few MB at most)."""
+DELIVERY_WINDOW = 512
+"""Deliveries sent but not yet receipted per mailbox; more wait in storage (flow control)."""
+FETCH_BATCH = 256
+
+
+class Closing(Exception):
+    """Ends the connection with an ERROR frame; never carries identifying details."""
+
+    def __init__(self, code: f.ErrorCode, text: str) -> None:
+        super().__init__(text)
+        self.code = code
+        self.text = text
+
+
+class RateLimiter:
+    """Token bucket over envelopes per second, per sending connection."""
+
+    __slots__ = ("burst", "rate", "stamp", "tokens")
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate, self.burst = rate, burst
+        self.tokens = burst
+        self.stamp = time.monotonic()
+
+    def take(self, n: int) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens < n:
+            return False
+        self.tokens -= n
+        return True
+
+
+class Connection:
+    """One client connection. Implements MailboxSink once authenticated."""
+
+    def __init__(self, ws: web.WebSocketResponse, relay: Relay, settings: StreamSettings) -> None:
+        self.ws = ws
+        self.relay = relay
+        self.settings = settings
+        self.state = State.AWAIT_HELLO
+        self.account: AccountId | None = None
+        self._results: list[tuple[bytes, f.SendStatus]] = []
+        self._deliveries: list[f.Delivery] = []
+        self._frames: list[bytes] = []
+        self._flush_scheduled = False
+        self._wake = asyncio.Event()
+        self._closing: Closing | None = None
+        # Mailbox cursor: highest seq sent; deliveries above it come from storage (drain) until
+        # caught up, then live. Order per mailbox is kept because storage seqs increase.
+        self._sent_seq = 0
+        self._in_flight = 0
+        self._drained = False
+        self._need_fetch = asyncio.Event()
+        self._limiter = RateLimiter(settings.send_rate, settings.send_burst)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._nonce = os.urandom(f.NONCE_LEN)
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._writer_task: asyncio.Task[None] | None = None
+        self._error_sent = False
+        self._kind: ConnectionKind | None = None
+
+    # -- outgoing -------------------------------------------------------------------------------
+
+    def _schedule(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        self._pack()
+        if len(self._frames) > MAX_QUEUED_FRAMES:
+            self._close_soon(f.ErrorCode.RATE_LIMITED, "client does not read its frames")
+        self._wake.set()
+
+    def _pack(self) -> None:
+        """Turns pending acknowledgements and deliveries into frames, in the order they arose."""
+        results, self._results = self._results, []
+        for i in range(0, len(results), f.MAX_BATCH):
+            self._frames.append(f.serialize(f.SendResult(tuple(results[i : i + f.MAX_BATCH]))))
+        deliveries, self._deliveries = self._deliveries, []
+        if deliveries:
+            self.relay.metrics.envelopes("delivered", len(deliveries))
+        for i in range(0, len(deliveries), f.MAX_BATCH):
+            self._frames.append(f.serialize(f.Deliver(tuple(deliveries[i : i + f.MAX_BATCH]))))
+
+    def send_frame(self, frame: f.Frame) -> None:
+        self._pack()  # what was queued before this frame leaves before it (DRAINED after DELIVERs)
+        self._frames.append(f.serialize(frame))
+        self._schedule()
+
+    def _close_soon(self, code: f.ErrorCode, text: str) -> None:
+        if self._closing is None:
+            self._closing = Closing(code, text)
+            self._wake.set()
+
+    async def _writer(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._frames:
+                frames, self._frames = self._frames, []
+                for frame in frames:
+                    await self.ws.send_bytes(frame)
+                    self.relay.metrics.frame_sent(f.FrameType(frame[1]), len(frame))
+            if self._closing is not None:
+                return
+
+    # -- MailboxSink ----------------------------------------------------------------------------
+
+    def offer(self, items: list[MailboxItem]) -> None:
+        if not self._drained or self._in_flight + len(items) > DELIVERY_WINDOW:
+            self._drained = False
+            self._need_fetch.set()
+            return
+        for item in items:
+            if item.seq > self._sent_seq:
+                self._deliveries.append(f.Delivery(item.seq, item.envelope_id, item.ciphertext))
+                self._sent_seq = item.seq
+                self._in_flight += 1
+        self._schedule()
+
+    def key_stock(self, one_time_left: int, kem_left: int) -> None:
+        self.send_frame(f.KeyStock(one_time_left, kem_left))
+
+    def replaced(self) -> None:
+        self._close_soon(f.ErrorCode.AUTH_FAILED, "another connection took over this account")
+
+    async def _drain(self) -> None:
+        """Sends stored envelopes in seq order within the window, then switches to live pushes."""
+        assert self.account is not None
+        while True:
+            await self._need_fetch.wait()
+            self._need_fetch.clear()
+            while self._in_flight < DELIVERY_WINDOW:
+                room = min(FETCH_BATCH, DELIVERY_WINDOW - self._in_flight)
+                items = await self.relay.fetch(self.account, self._sent_seq, room)
+                for item in items:
+                    self._deliveries.append(f.Delivery(item.seq, item.envelope_id, item.ciphertext))
+                    self._sent_seq = item.seq
+                self._in_flight += len(items)
+                if items:
+                    self._schedule()
+                if len(items) < room:
+                    if not self._drained:
+                        self._drained = True
+                        self.send_frame(f.Drained(self._sent_seq))
+                    break
+
+    # -- incoming -------------------------------------------------------------------------------
+
+    async def _handle(self, data: bytes) -> None:
+        try:
+            frame = f.parse(data)
+        except UnsupportedVersion:
+            raise Closing(f.ErrorCode.UNSUPPORTED_VERSION, "unsupported frame version") from None
+        except DecodeError as error:
+            raise Closing(f.ErrorCode.MALFORMED, str(error)) from None
+        kind = f.FrameType(data[1])
+        self.relay.metrics.frame_received(kind, len(data))
+        try:
+            new_state = next_state(self.state, kind)
+        except FrameNotAllowed as error:
+            raise Closing(f.ErrorCode.NOT_ALLOWED, str(error)) from None
+        await self._dispatch(frame)
+        self.state = new_state
+
+    async def _dispatch(self, frame: f.Frame) -> None:
+        if isinstance(frame, f.Send):
+            await self._on_send(frame)
+        elif isinstance(frame, f.Receipt):
+            await self._on_receipt(frame)
+        elif isinstance(frame, f.Auth):
+            await self._authenticate(frame)
+        elif isinstance(frame, f.OpenSend):
+            if not self.relay.check_pass(frame.day, frame.send_pass):
+                raise Closing(f.ErrorCode.SUBSCRIPTION_EXPIRED, "send pass invalid or expired")
+            self.relay.metrics.connection_opened("sending")
+            self._kind = "sending"
+        elif isinstance(frame, f.UploadKeys):
+            await self._on_upload(frame)
+        elif isinstance(frame, f.GetSendPass):
+            await self._on_get_pass()
+
+    async def _on_send(self, frame: f.Send) -> None:
+        if not self._limiter.take(len(frame.envelopes)):
+            self._results.extend((e.envelope_id, f.SendStatus.RATE_LIMITED) for e in frame.envelopes)
+            self.relay.metrics.send_rejected("rate_limited", len(frame.envelopes))
+        else:
+            started = time.perf_counter()
+            # Await first: _flush swaps the list out while submit waits for the commit.
+            results = await self.relay.submit(frame.envelopes)
+            self._results.extend(results)
+            self.relay.metrics.send_acknowledged(time.perf_counter() - started)
+        self._schedule()
+
+    async def _on_receipt(self, frame: f.Receipt) -> None:
+        assert self.account is not None
+        await self.relay.receipt(self.account, frame.seqs)
+        self.relay.metrics.envelopes("acknowledged", len(frame.seqs))
+        self._in_flight = max(0, self._in_flight - len(frame.seqs))
+        if not self._drained or self._in_flight < DELIVERY_WINDOW // 2:
+            self._need_fetch.set()
+
+    async def _on_upload(self, frame: f.UploadKeys) -> None:
+        assert self.account is not None
+        try:
+            one_time, kem = await self.relay.upload_keys(self.account, frame)
+        except RelayError as error:
+            raise Closing(f.ErrorCode.BAD_KEYS, str(error)) from None
+        self.send_frame(f.KeyStock(one_time, kem))
+
+    async def _on_get_pass(self) -> None:
+        assert self.account is not None
+        try:
+            day, send_pass = await self.relay.send_pass_for(self.account)
+        except SubscriptionExpired as error:
+            # Not fatal: an expired account keeps receiving on this connection.
+            self.send_frame(f.Error(f.ErrorCode.SUBSCRIPTION_EXPIRED, str(error)[:200]))
+            return
+        self.send_frame(f.SendPass(day, send_pass))
+
+    async def _authenticate(self, frame: f.Auth) -> None:
+        try:
+            account = await self.relay.authenticate(self._nonce, frame)
+        except Revoked:
+            raise Closing(f.ErrorCode.REVOKED, "account revoked") from None
+        except AuthFailed:
+            raise Closing(f.ErrorCode.AUTH_FAILED, "authentication failed") from None
+        self.account = account.account_id
+        self.relay.metrics.connection_opened("authenticated")
+        self._kind = "authenticated"
+        one_time, kem = await self.relay.counts(account.account_id)
+        self.send_frame(f.AuthOk(account.expires_day, one_time, kem))
+        self.relay.fanout.attach(account.account_id, self)
+        self._need_fetch.set()
+        self._tasks.append(asyncio.create_task(self._drain()))
+
+    async def shutdown(self, grace: float) -> None:
+        """Server shutdown: let the frame being handled finish (its envelopes are committed and
+        acknowledged), flush every frame owed, then close with SHUTTING_DOWN."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), grace)
+        self._flush()
+        self._close_soon(f.ErrorCode.SHUTTING_DOWN, "server shutting down")
+        if self._writer_task is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._writer_task, grace)
+        await self._send_error_and_close()
+
+    async def run(self) -> None:
+        self.send_frame(f.Challenge(self._nonce, self.relay.today()))
+        writer = self._writer_task = asyncio.create_task(self._writer())
+        try:
+            await self._read_loop()
+        except Closing as closing:
+            self._closing = closing
+        except Unavailable:
+            self._closing = Closing(f.ErrorCode.INTERNAL, "storage unavailable")
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        except Exception:  # a bug must not kill the server; no details (they may be sensitive)
+            log.exception("connection handler failed")
+            self._closing = Closing(f.ErrorCode.INTERNAL, "internal error")
+        finally:
+            if self._kind is not None:
+                self.relay.metrics.connection_closed(self._kind)
+            if self.account is not None:
+                self.relay.fanout.detach(self.account, self)
+            for task in self._tasks:
+                task.cancel()
+            await self._finish(writer)
+
+    async def _finish(self, writer: asyncio.Task[None]) -> None:
+        if self._closing is None:  # the client went away
+            writer.cancel()
+        else:
+            self._wake.set()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(writer, timeout=2)
+        await self._send_error_and_close()
+
+    async def _send_error_and_close(self) -> None:
+        if not self.ws.closed and self._closing is not None and not self._error_sent:
+            self._error_sent = True
+            with contextlib.suppress(Exception):
+                await self.ws.send_bytes(f.serialize(f.Error(self._closing.code, self._closing.text)))
+        with contextlib.suppress(Exception):
+            await self.ws.close()
+
+    async def _read_loop(self) -> None:
+        timeout: float | None = self.settings.handshake_timeout
+        while self._closing is None:
+            try:
+                msg = await self.ws.receive(timeout=timeout)
+            except TimeoutError:
+                self.relay.metrics.connection_refused(
+                    "handshake_timeout" if self.state is State.AWAIT_HELLO else "idle"
+                )
+                raise Closing(f.ErrorCode.TIMEOUT, "timed out") from None
+            if msg.type == WSMsgType.BINARY:
+                self._idle.clear()
+                try:
+                    await self._handle(msg.data)
+                finally:
+                    self._idle.set()
+                # Mailboxes may idle for hours (heartbeats keep them honest); senders may not.
+                timeout = None if self.state is State.MAILBOX else self.settings.idle_timeout
+            elif msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
+                return
+            else:
+                raise Closing(f.ErrorCode.MALFORMED, "only binary frames are accepted")
+
+
+class StreamSettings:
+    __slots__ = ("handshake_timeout", "idle_timeout", "send_burst", "send_rate")
+
+    def __init__(
+        self, *, handshake_timeout: float, idle_timeout: float, send_rate: float, send_burst: float
+    ) -> None:
+        self.handshake_timeout = handshake_timeout
+        self.idle_timeout = idle_timeout
+        self.send_rate = send_rate
+        self.send_burst = send_burst
+
+
+__all__ = ["Connection", "StreamSettings"]
