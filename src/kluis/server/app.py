@@ -61,6 +61,7 @@ def make_app(relay: Relay, config: ServerConfig) -> web.Application:
         idle_timeout=config.idle_timeout_s,
         send_rate=config.send_rate_per_s,
         send_burst=config.send_burst,
+        max_in_flight=config.max_in_flight,
     )
     add_routes(app)
     app.router.add_get("/v1/stream", stream)

@@ -96,6 +96,14 @@ class LocalFanOut:
 
 
 @dataclass(frozen=True, slots=True)
+class Screened:
+    """Envelopes checked by :meth:`Relay.screen`: a status for each, and those to store."""
+
+    results: SendResults
+    accepted: list[tuple[int, StoredEnvelope]]
+
+
+@dataclass(frozen=True, slots=True)
 class _Known:
     account: Account
     identity: IdentityPublicKey
@@ -299,6 +307,14 @@ class Relay:
 
     async def submit(self, envelopes: tuple[f.OutgoingEnvelope, ...]) -> SendResults:
         """Stores envelopes durably and pushes them to connected recipients; one status each."""
+        return await self.store(await self.screen(envelopes))
+
+    async def screen(self, envelopes: tuple[f.OutgoingEnvelope, ...]) -> Screened:
+        """Checks size, recipient, token and revocation; nothing is stored yet.
+
+        Split from :meth:`store` so a connection can screen frames in arrival order and let their
+        commits overlap, while the rows still reach storage in arrival order.
+        """
         results: SendResults = []
         accepted: list[tuple[int, StoredEnvelope]] = []
         expiry = self.today() + self.retention_days
@@ -322,8 +338,14 @@ class Relay:
                 (len(results), StoredEnvelope(AccountId(e.recipient), e.envelope_id, e.envelope, expiry))
             )
             results.append((e.envelope_id, f.SendStatus.OK))
+        return Screened(results, accepted)
+
+    async def store(self, screened: Screened) -> SendResults:
+        """Commits the screened envelopes (group commit), then pushes them to connected recipients."""
+        results, accepted = screened.results, screened.accepted
         if not accepted:
             return results
+        metrics = self.metrics
         started = time.perf_counter()
         try:
             stored = await self.storage.mailbox.append([s for _, s in accepted])

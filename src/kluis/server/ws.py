@@ -21,7 +21,7 @@ from kluis.relay import frames as f
 from kluis.relay.connection import FrameNotAllowed, State, next_state
 from kluis.server.errors import AuthFailed, RelayError, Revoked, SubscriptionExpired, Unavailable
 from kluis.server.metrics import ConnectionKind
-from kluis.server.relay import Relay
+from kluis.server.relay import Relay, Screened
 from kluis.server.storage.base import AccountId, MailboxItem
 
 log = logging.getLogger("kluis.server.ws")
@@ -88,6 +88,7 @@ class Connection:
         self._nonce = os.urandom(f.NONCE_LEN)
         self._idle = asyncio.Event()
         self._idle.set()
+        self._submits: set[asyncio.Future[None]] = set()
         self._writer_task: asyncio.Task[None] | None = None
         self._error_sent = False
         self._kind: ConnectionKind | None = None
@@ -219,12 +220,27 @@ class Connection:
         if not self._limiter.take(len(frame.envelopes)):
             self._results.extend((e.envelope_id, f.SendStatus.RATE_LIMITED) for e in frame.envelopes)
             self.relay.metrics.send_rejected("rate_limited", len(frame.envelopes))
-        else:
-            started = time.perf_counter()
-            # Await first: _flush swaps the list out while submit waits for the commit.
-            results = await self.relay.submit(frame.envelopes)
-            self._results.extend(results)
-            self.relay.metrics.send_acknowledged(time.perf_counter() - started)
+            self._schedule()
+            return
+        # Pipelined: the next frame is read while this one's commit is pending, so one connection's
+        # frames share group commits; at most max_in_flight frames wait (TCP then pushes back).
+        if len(self._submits) >= self.settings.max_in_flight:
+            await asyncio.wait(self._submits, return_when=asyncio.FIRST_COMPLETED)
+        screened = await self.relay.screen(frame.envelopes)
+        # Tasks start in creation order, so rows reach storage in the order frames arrived.
+        task = asyncio.ensure_future(self._submit(screened))
+        self._submits.add(task)
+        task.add_done_callback(self._submits.discard)
+
+    async def _submit(self, screened: Screened) -> None:
+        started = time.perf_counter()
+        try:
+            results = await self.relay.store(screened)
+        except Exception:  # never leave a sender without an answer; details may be sensitive
+            log.exception("storing failed")
+            results = [(envelope_id, f.SendStatus.UNAVAILABLE) for envelope_id, _ in screened.results]
+        self._results.extend(results)
+        self.relay.metrics.send_acknowledged(time.perf_counter() - started)
         self._schedule()
 
     async def _on_receipt(self, frame: f.Receipt) -> None:
@@ -274,6 +290,8 @@ class Connection:
         acknowledged), flush every frame owed, then close with SHUTTING_DOWN."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), grace)
+        if self._submits:  # envelopes being committed are acknowledged before the close
+            await asyncio.wait(self._submits, timeout=grace)
         self._flush()
         self._close_soon(f.ErrorCode.SHUTTING_DOWN, "server shutting down")
         if self._writer_task is not None:
@@ -308,6 +326,9 @@ class Connection:
         if self._closing is None:  # the client went away
             writer.cancel()
         else:
+            if self._submits:  # acknowledge what was committed before saying goodbye
+                await asyncio.wait(self._submits, timeout=2)
+                self._flush()
             self._wake.set()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(writer, timeout=2)
@@ -346,15 +367,22 @@ class Connection:
 
 
 class StreamSettings:
-    __slots__ = ("handshake_timeout", "idle_timeout", "send_burst", "send_rate")
+    __slots__ = ("handshake_timeout", "idle_timeout", "max_in_flight", "send_burst", "send_rate")
 
     def __init__(
-        self, *, handshake_timeout: float, idle_timeout: float, send_rate: float, send_burst: float
+        self,
+        *,
+        handshake_timeout: float,
+        idle_timeout: float,
+        send_rate: float,
+        send_burst: float,
+        max_in_flight: int = 1024,
     ) -> None:
         self.handshake_timeout = handshake_timeout
         self.idle_timeout = idle_timeout
         self.send_rate = send_rate
         self.send_burst = send_burst
+        self.max_in_flight = max_in_flight
 
 
 __all__ = ["Connection", "StreamSettings"]
