@@ -7,6 +7,7 @@ import json
 import click
 
 from kluis.cli.admin import admin
+from kluis.cli.bench_relay import bench_relay
 from kluis.cli.server import server
 
 
@@ -40,6 +41,7 @@ def demo() -> None:
     run_demo(click.echo)
 
 
+bench.add_command(bench_relay)
 cli.add_command(admin)
 cli.add_command(server)
 
