@@ -217,6 +217,18 @@ class SqliteDatabase:
             self.observer("wal_checkpoint", time.perf_counter() - start)
         return int(busy), int(log_pages), int(done)
 
+    def truncate_wal(self) -> bool:
+        """Empties the WAL file if that can be done without waiting (a TRUNCATE checkpoint with the
+        busy timeout off); returns whether it was. Old page images in the WAL would otherwise keep
+        deleted envelopes and keys readable until overwritten: secure_delete zeroes only the main
+        file's pages."""
+        self.conn.execute("PRAGMA busy_timeout=0")
+        try:
+            busy, _, _ = self.checkpoint("TRUNCATE")
+        finally:
+            self.conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        return busy == 0
+
     def close(self) -> None:
         if self._closed:
             return
