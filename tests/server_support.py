@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import aiohttp
 
@@ -48,6 +49,28 @@ class Server:
         return RelayHttp(self.session, self.url, False)
 
 
+class Endpoint(Protocol):
+    """What clients need of a server: its URL and an HTTP session (in-process or a child process)."""
+
+    url: str
+    session: aiohttp.ClientSession
+
+    @property
+    def http(self) -> RelayHttp: ...
+
+
+@dataclass
+class Remote:
+    """A server reached only by URL (e.g. tests/server_process.py's child process)."""
+
+    url: str
+    session: aiohttp.ClientSession
+
+    @property
+    def http(self) -> RelayHttp:
+        return RelayHttp(self.session, self.url, False)
+
+
 @asynccontextmanager
 async def running_server(data_dir: Path, **settings: object) -> AsyncIterator[Server]:
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -70,7 +93,7 @@ async def running_server(data_dir: Path, **settings: object) -> AsyncIterator[Se
 class User:
     """A registered account with its device-side keys."""
 
-    server: Server
+    server: Endpoint
     identity: IdentityKeyPair
     account: bytes
     token: bytes
@@ -106,7 +129,7 @@ class User:
         return await SendStream.connect(self.server.session, self.server.url, send_pass, False)
 
 
-async def new_user(server: Server, code: str, *, one_time: int = 5, kem_one_time: int = 5) -> User:
+async def new_user(server: Endpoint, code: str, *, one_time: int = 5, kem_one_time: int = 5) -> User:
     identity = IdentityKeyPair.generate(os.urandom)
     token = os.urandom(32)
     registration = await server.http.register(
