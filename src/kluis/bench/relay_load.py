@@ -271,33 +271,32 @@ async def _paced(
     ws: aiohttp.ClientWebSocketResponse, route: bytes, rate: float, start: float, st: PairStats
 ) -> None:
     """Sends one envelope per frame at ``rate`` per second on a fixed schedule from ``start``."""
-    prefix, counter = os.urandom(8), 0
-    done = asyncio.Event()
+    prefix, sent, answered = os.urandom(8), 0, 0
 
     async def results() -> None:
+        nonlocal answered
         while True:
             msg = await ws.receive()
             if msg.type is not aiohttp.WSMsgType.BINARY:
                 return
             ok, bad = send_results(msg.data)
+            answered += ok + bad
             st.acked += ok
             st.rejected += bad
-            if done.is_set() and st.acked + st.rejected >= st.sent:
-                return
 
     reader = asyncio.create_task(results())
     try:
-        while (due := start + counter / rate) < st.t1:
+        while (due := start + sent / rate) < st.t1:
             delay = due - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-            await ws.send_bytes(
-                send_frame([envelope_item(prefix + _U64.pack(counter), route, time.monotonic())])
-            )
-            counter += 1
+            item = envelope_item(prefix + _U64.pack(sent), route, time.monotonic())
+            await ws.send_bytes(send_frame([item]))
+            sent += 1
             st.sent += 1
-        done.set()
-        await asyncio.wait_for(reader, SETTLE_S)
+        deadline = time.monotonic() + SETTLE_S
+        while answered < sent and not reader.done() and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
     finally:
         reader.cancel()
 
