@@ -3,6 +3,7 @@
 
     RelayError
     ├── BadRequest            malformed or out-of-bounds input (400)
+    ├── TooLarge              a request body over the limit (413)
     ├── CodeInvalid           unknown or already redeemed activation code (403)
     ├── Rejected              unknown account or wrong delivery token, one error for both (403)
     ├── AuthFailed            the identity signature did not verify (401)
@@ -23,6 +24,14 @@ class RelayError(Exception):
 class BadRequest(RelayError):
     status = 400
     code = "bad_request"
+
+
+class TooLarge(RelayError):
+    status = 413
+    code = "too_large"
+
+    def __init__(self) -> None:
+        super().__init__("body too large")
 
 
 class CodeInvalid(RelayError):

@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from kluis.server.errors import BadRequest, RelayError, Revoked, Unavailable
+from kluis.server.errors import BadRequest, RelayError, Revoked, TooLarge, Unavailable
 from kluis.server.openapi import OPENAPI
 from kluis.server.relay import Relay
 from kluis.server.storage.base import AccountId, StorageError
@@ -51,10 +51,16 @@ def _code(value: object) -> str:
 
 async def _body(request: web.Request, fields: set[str]) -> dict[str, Any]:
     if request.content_length is not None and request.content_length > MAX_BODY:
-        raise BadRequest("body too large")
-    raw = await request.content.read(MAX_BODY + 1)
-    if len(raw) > MAX_BODY:
-        raise BadRequest("body too large")
+        raise TooLarge()
+    # read(n) returns what has arrived (one chunk of a chunked body), not n bytes: read to the end.
+    parts: list[bytes] = []
+    size = 0
+    while chunk := await request.content.read(MAX_BODY + 1 - size):
+        parts.append(chunk)
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise TooLarge()
+    raw = b"".join(parts)
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
@@ -79,6 +85,14 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return _error(error)
     except StorageError:
         return _error(Unavailable())
+    except web.HTTPException as error:
+        if error.status < 400:
+            raise
+        # aiohttp's own refusals (unknown route, wrong method, failed upgrade) in the same JSON shape.
+        code = error.reason.lower().replace(" ", "_").replace("-", "_")
+        headers = {k: v for k, v in error.headers.items() if k.lower() == "allow"}
+        payload = {"error": error.reason.lower(), "code": code}
+        return web.json_response(payload, status=error.status, headers=headers)
 
 
 async def register(request: web.Request) -> web.Response:

@@ -49,7 +49,11 @@ def _request(properties: dict[str, Any]) -> dict[str, Any]:
 
 
 _CODE = {"type": "string", "minLength": 1, "maxLength": 64}
-_COMMON_ERRORS = {"400": _error("malformed request"), "503": _error("storage unavailable")}
+_COMMON_ERRORS = {
+    "400": _error("malformed request"),
+    "413": _error("body over 16 KiB"),
+    "503": _error("storage unavailable"),
+}
 
 OPENAPI: dict[str, Any] = {
     "openapi": "3.0.3",
