@@ -30,6 +30,9 @@ MAX_QUEUED_FRAMES = 4096
 """Frames waiting for a slow reader before the connection is cut (a few MB at most)."""
 DELIVERY_WINDOW = 512
 """Deliveries sent but not yet receipted per mailbox; more wait in storage (flow control)."""
+DELIVERY_WINDOW_BYTES = 8 * 1024 * 1024
+"""Bytes of envelopes sent but not yet receipted per mailbox. With the count alone, a mailbox that
+stops reading pinned 512 envelopes of up to 140 KB (about 70 MB) in server memory; now a few MB."""
 FETCH_BATCH = 256
 
 
@@ -80,7 +83,12 @@ class Connection:
         # Mailbox cursor: highest seq sent; deliveries above it come from storage (drain) until
         # caught up, then live. Order per mailbox is kept because storage seqs increase.
         self._sent_seq = 0
-        self._in_flight = 0
+        self._in_flight: dict[int, int] = {}
+        """seq -> size of each delivery sent and not yet receipted (a receipt of any other seq
+        cannot reopen the window)."""
+        self._in_flight_bytes = 0
+        self._typical_size = 64 * 1024
+        """A running estimate of envelope sizes in this mailbox, for sizing fetches."""
         self._drained = False
         self._need_fetch = asyncio.Event()
         self._limiter = RateLimiter(settings.send_rate, settings.send_burst)
@@ -142,16 +150,40 @@ class Connection:
 
     # -- MailboxSink ----------------------------------------------------------------------------
 
+    def _deliver(self, item: MailboxItem) -> None:
+        self._deliveries.append(f.Delivery(item.seq, item.envelope_id, item.ciphertext))
+        self._sent_seq = item.seq
+        self._in_flight[item.seq] = len(item.ciphertext)
+        self._in_flight_bytes += len(item.ciphertext)
+        self._typical_size = max(1024, (3 * self._typical_size + len(item.ciphertext)) // 4)
+
+    def _window_full(self, size: int) -> bool:
+        """Whether one more delivery of ``size`` bytes must wait (one always fits an empty window)."""
+        return bool(self._in_flight) and (
+            len(self._in_flight) >= DELIVERY_WINDOW or self._in_flight_bytes + size > DELIVERY_WINDOW_BYTES
+        )
+
+    def _fetch_room(self) -> int:
+        """How many stored envelopes to read next: what the count window allows, and about what the
+        byte window allows at the sizes seen so far (reading 256 large envelopes only to drop most
+        of them would cost ~35 MB of transient memory per fetch)."""
+        by_count = DELIVERY_WINDOW - len(self._in_flight)
+        by_bytes = (DELIVERY_WINDOW_BYTES - self._in_flight_bytes) // self._typical_size
+        return min(FETCH_BATCH, by_count, max(1, by_bytes))
+
     def offer(self, items: list[MailboxItem]) -> None:
-        if not self._drained or self._in_flight + len(items) > DELIVERY_WINDOW:
+        size = sum(len(item.ciphertext) for item in items)
+        if (
+            not self._drained
+            or len(self._in_flight) + len(items) > DELIVERY_WINDOW
+            or self._window_full(size)
+        ):
             self._drained = False
             self._need_fetch.set()
             return
         for item in items:
             if item.seq > self._sent_seq:
-                self._deliveries.append(f.Delivery(item.seq, item.envelope_id, item.ciphertext))
-                self._sent_seq = item.seq
-                self._in_flight += 1
+                self._deliver(item)
         self._schedule()
 
     def key_stock(self, one_time_left: int, kem_left: int) -> None:
@@ -166,15 +198,19 @@ class Connection:
         while True:
             await self._need_fetch.wait()
             self._need_fetch.clear()
-            while self._in_flight < DELIVERY_WINDOW:
-                room = min(FETCH_BATCH, DELIVERY_WINDOW - self._in_flight)
+            while len(self._in_flight) < DELIVERY_WINDOW and self._in_flight_bytes < DELIVERY_WINDOW_BYTES:
+                room = self._fetch_room()
                 items = await self.relay.fetch(self.account, self._sent_seq, room)
+                taken = 0
                 for item in items:
-                    self._deliveries.append(f.Delivery(item.seq, item.envelope_id, item.ciphertext))
-                    self._sent_seq = item.seq
-                self._in_flight += len(items)
-                if items:
+                    if self._window_full(len(item.ciphertext)):
+                        break
+                    self._deliver(item)
+                    taken += 1
+                if taken:
                     self._schedule()
+                if taken < len(items):
+                    break  # the byte window is full: receipts reopen it (the rest is fetched again)
                 if len(items) < room:
                     if not self._drained:
                         self._drained = True
@@ -247,8 +283,9 @@ class Connection:
         assert self.account is not None
         await self.relay.receipt(self.account, frame.seqs)
         self.relay.metrics.envelopes("acknowledged", len(frame.seqs))
-        self._in_flight = max(0, self._in_flight - len(frame.seqs))
-        if not self._drained or self._in_flight < DELIVERY_WINDOW // 2:
+        for seq in frame.seqs:
+            self._in_flight_bytes -= self._in_flight.pop(seq, 0)
+        if not self._drained or len(self._in_flight) < DELIVERY_WINDOW // 2:
             self._need_fetch.set()
 
     async def _on_upload(self, frame: f.UploadKeys) -> None:
