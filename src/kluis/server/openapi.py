@@ -9,6 +9,20 @@ from typing import Any
 _B64 = {"type": "string", "format": "byte"}
 
 
+def _b64_of(length: int) -> dict[str, Any]:
+    """Standard base64 of exactly ``length`` bytes (what the server checks before anything else)."""
+    chars = 4 * -(-length // 3)
+    pad = chars - -(-4 * length // 3)
+    pattern = f"^[A-Za-z0-9+/]{{{chars - pad}}}{'=' * pad}$"
+    return {**_B64, "minLength": chars, "maxLength": chars, "pattern": pattern}
+
+
+_ACCOUNT = _b64_of(16)
+_TOKEN = _b64_of(32)
+_IDENTITY = _b64_of(129)
+_STATEMENT = _b64_of(81)  # revocation statement: version, account id, Ed25519 signature
+
+
 def _error(description: str) -> dict[str, Any]:
     return {
         "description": description,
@@ -62,13 +76,13 @@ OPENAPI: dict[str, Any] = {
         "/v1/accounts": {
             "post": {
                 "summary": "Register an account with an activation code",
-                "requestBody": _request({"code": _CODE, "identity": _B64, "token_hash": _B64}),
+                "requestBody": _request({"code": _CODE, "identity": _IDENTITY, "token_hash": _TOKEN}),
                 "responses": {
                     "201": _json(
                         {
                             "type": "object",
                             "required": ["account", "expires_day"],
-                            "properties": {"account": _B64, "expires_day": {"type": "integer"}},
+                            "properties": {"account": _ACCOUNT, "expires_day": {"type": "integer"}},
                         },
                         "account created",
                     ),
@@ -80,7 +94,7 @@ OPENAPI: dict[str, Any] = {
         "/v1/accounts/extend": {
             "post": {
                 "summary": "Extend a subscription with another activation code",
-                "requestBody": _request({"account": _B64, "code": _CODE}),
+                "requestBody": _request({"account": _ACCOUNT, "code": _CODE}),
                 "responses": {
                     "200": _json(
                         {
@@ -98,7 +112,7 @@ OPENAPI: dict[str, Any] = {
         "/v1/bundle": {
             "post": {
                 "summary": "Fetch a prekey bundle (consumes one one-time prekey of each kind)",
-                "requestBody": _request({"account": _B64, "token": _B64}),
+                "requestBody": _request({"account": _ACCOUNT, "token": _TOKEN}),
                 "responses": {
                     "200": _json({"type": "object", "required": ["bundle"], "properties": {"bundle": _B64}}),
                     "403": _error("unknown account or wrong delivery token"),
@@ -111,7 +125,7 @@ OPENAPI: dict[str, Any] = {
         "/v1/revoke": {
             "post": {
                 "summary": "Revoke an account with a statement signed by its identity key",
-                "requestBody": _request({"statement": _B64}),
+                "requestBody": _request({"statement": _STATEMENT}),
                 "responses": {
                     "200": _json(
                         {
