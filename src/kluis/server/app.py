@@ -33,7 +33,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
         timeout=CLOSE_TIMEOUT_S,
     )
     await ws.prepare(request)
-    connection = Connection(ws, request.app[RELAY], request.app[SETTINGS])
+    connection = Connection(ws, request.app[RELAY], request.app[SETTINGS], request.transport)
     connections.add(connection)
     try:
         await connection.run()
@@ -62,6 +62,7 @@ def make_app(relay: Relay, config: ServerConfig) -> web.Application:
         send_rate=config.send_rate_per_s,
         send_burst=config.send_burst,
         max_in_flight=config.max_in_flight,
+        write_timeout=config.write_timeout_s,
     )
     add_routes(app)
     app.router.add_get("/v1/stream", stream)

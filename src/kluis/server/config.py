@@ -131,6 +131,9 @@ class ServerConfig(BaseSettings):
     handshake_timeout_s: float = Field(default=10.0, gt=0, le=600)
     """A connection must finish the WebSocket upgrade and its hello or authentication within this."""
 
+    write_timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    """A client that takes longer than this to accept one batch of frames (it stopped reading) is cut off."""
+
     heartbeat_s: float = Field(default=30.0, gt=0, le=3600)
     """Interval of WebSocket pings; a peer that does not answer one in time is disconnected."""
 

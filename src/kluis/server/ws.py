@@ -3,7 +3,8 @@
 Outgoing frames are coalesced: acknowledgements and deliveries produced during one event-loop pass
 leave in as few frames as possible (up to MAX_BATCH items each), written by one writer task per
 connection, because per-frame cost decides a Python relay's throughput (PERFORMANCE.md). A client
-that does not read (its queue over ``MAX_QUEUED_FRAMES``) is cut off rather than buffered forever.
+that does not read (a batch not taken within ``write_timeout``, or a queue over ``MAX_QUEUED_FRAMES``)
+is cut off rather than buffered forever.
 """
 
 from __future__ import annotations
@@ -68,8 +69,15 @@ class RateLimiter:
 class Connection:
     """One client connection. Implements MailboxSink once authenticated."""
 
-    def __init__(self, ws: web.WebSocketResponse, relay: Relay, settings: StreamSettings) -> None:
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        relay: Relay,
+        settings: StreamSettings,
+        transport: asyncio.Transport | None = None,
+    ) -> None:
         self.ws = ws
+        self._transport = transport
         self.relay = relay
         self.settings = settings
         self.state = State.AWAIT_HELLO
@@ -112,7 +120,7 @@ class Connection:
         self._flush_scheduled = False
         self._pack()
         if len(self._frames) > MAX_QUEUED_FRAMES:
-            self._close_soon(f.ErrorCode.RATE_LIMITED, "client does not read its frames")
+            self._cut("client does not read its frames")
         self._wake.set()
 
     def _pack(self) -> None:
@@ -142,11 +150,25 @@ class Connection:
             self._wake.clear()
             while self._frames:
                 frames, self._frames = self._frames, []
-                for frame in frames:
-                    await self.ws.send_bytes(frame)
-                    self.relay.metrics.frame_sent(f.FrameType(frame[1]), len(frame))
+                try:
+                    # One deadline per batch (not per frame: this is the hot path).
+                    async with asyncio.timeout(self.settings.write_timeout):
+                        for frame in frames:
+                            await self.ws.send_bytes(frame)
+                            self.relay.metrics.frame_sent(f.FrameType(frame[1]), len(frame))
+                except TimeoutError:
+                    self._cut("client does not read")
+                    return
             if self._closing is not None:
                 return
+
+    def _cut(self, why: str) -> None:
+        """Drops a client that does not read: its socket is aborted, which also ends the read loop."""
+        self.relay.metrics.connection_refused("flood")
+        self._closing = Closing(f.ErrorCode.RATE_LIMITED, why)
+        self._error_sent = True  # nothing more can be written to it
+        if self._transport is not None:
+            self._transport.abort()
 
     # -- MailboxSink ----------------------------------------------------------------------------
 
@@ -404,7 +426,14 @@ class Connection:
 
 
 class StreamSettings:
-    __slots__ = ("handshake_timeout", "idle_timeout", "max_in_flight", "send_burst", "send_rate")
+    __slots__ = (
+        "handshake_timeout",
+        "idle_timeout",
+        "max_in_flight",
+        "send_burst",
+        "send_rate",
+        "write_timeout",
+    )
 
     def __init__(
         self,
@@ -414,12 +443,14 @@ class StreamSettings:
         send_rate: float,
         send_burst: float,
         max_in_flight: int = 1024,
+        write_timeout: float = 30.0,
     ) -> None:
         self.handshake_timeout = handshake_timeout
         self.idle_timeout = idle_timeout
         self.send_rate = send_rate
         self.send_burst = send_burst
         self.max_in_flight = max_in_flight
+        self.write_timeout = write_timeout
 
 
 __all__ = ["Connection", "StreamSettings"]
