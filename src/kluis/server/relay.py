@@ -102,6 +102,19 @@ class Screened:
     results: SendResults
     accepted: list[tuple[int, StoredEnvelope]]
 
+    @classmethod
+    def merge(cls, parts: list[Screened]) -> Screened:
+        """Several frames' envelopes as one: one append, one group-commit item."""
+        if len(parts) == 1:
+            return parts[0]
+        results: SendResults = []
+        accepted: list[tuple[int, StoredEnvelope]] = []
+        for part in parts:
+            offset = len(results)
+            results += part.results
+            accepted += [(index + offset, envelope) for index, envelope in part.accepted]
+        return cls(results, accepted)
+
 
 @dataclass(frozen=True, slots=True)
 class _Known:
@@ -215,7 +228,7 @@ class Relay:
             sink.replaced()
 
     async def _check_token(self, account_id: AccountId, token: bytes) -> _Known:
-        known = await self._known(account_id)
+        known = self._cache.get(account_id) or await self._known(account_id)
         if known is None or not hmac.compare_digest(hashlib.sha256(token).digest(), known.account.token_hash):
             raise Rejected()
         if known.account.revoked:

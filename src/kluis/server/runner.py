@@ -24,8 +24,9 @@ log = logging.getLogger("kluis.server")
 
 EXPIRE_EVERY_S = 3600.0
 """Undelivered envelopes past their expiry day are deleted hourly (expiry is day-granular)."""
-CHECKPOINT_EVERY_S = 5.0
-"""WAL checkpoints run on a timer, off the send path (PERFORMANCE.md: checkpoints blocked acks)."""
+CHECKPOINT_EVERY_S = 1.0
+"""WAL checkpoints run on a timer in a worker thread, off the send path (PERFORMANCE.md: checkpoints
+on the loop blocked acknowledgements); every second keeps each one short and the WAL small."""
 SECRET_FILE = "send-pass.key"  # noqa: S105 - a file name, not a secret
 
 

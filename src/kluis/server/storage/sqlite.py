@@ -12,7 +12,7 @@ import asyncio
 import sqlite3
 from pathlib import Path
 
-from kluis.server.storage._sqlite_db import SqliteDatabase
+from kluis.server.storage._sqlite_db import Checkpointer, SqliteDatabase
 from kluis.server.storage.base import (
     Account,
     AccountId,
@@ -401,8 +401,9 @@ class SqliteMailboxStore:
 class SqliteStorage:
     """The SQLite backend (``open_storage("sqlite:///path/kluis.db", fsync=...)``)."""
 
-    def __init__(self, db: SqliteDatabase) -> None:
+    def __init__(self, db: SqliteDatabase, path: Path | None = None) -> None:
         self.db = db
+        self._checkpointer = None if path is None else Checkpointer(path)
         self.codes = SqliteCodeStore(db)
         self.accounts = SqliteAccountStore(db)
         self.directory = SqliteDirectoryStore(db)
@@ -410,7 +411,7 @@ class SqliteStorage:
 
     @classmethod
     def open(cls, path: Path, *, fsync: bool) -> SqliteStorage:
-        return cls(SqliteDatabase.open(path, fsync=fsync))
+        return cls(SqliteDatabase.open(path, fsync=fsync), path)
 
     async def checkpoint(self) -> None:
         """A PASSIVE WAL checkpoint; the server calls it from a timer (every few seconds).
@@ -420,9 +421,15 @@ class SqliteStorage:
         main file (seizure profile: a seized running server holds no delivered envelope once a
         checkpoint has passed).
         """
-        busy, wal_pages, copied = self.db.checkpoint("PASSIVE")
-        if busy == 0 and wal_pages > 0 and copied == wal_pages:
-            self.db.truncate_wal()
+        if self._checkpointer is None:
+            busy, wal_pages, copied = self.db.checkpoint("PASSIVE")
+            if busy == 0 and wal_pages > 0 and copied == wal_pages:
+                self.db.truncate_wal()
+            return
+        # Off the event loop: on it, checkpoints stalled acknowledgements (Checkpointer).
+        await asyncio.to_thread(self._checkpointer.run)
 
     async def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.close()
         self.db.close()
