@@ -37,6 +37,7 @@ WAL_AUTOCHECKPOINT_PAGES = 10_000
 a timer, so a commit that acknowledges envelopes does not also pay for a checkpoint."""
 JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
 """After a checkpoint resets the WAL, truncate the file to this size so it does not stay large."""
+PAGE_SIZE = 16_384
 BUSY_TIMEOUT_MS = 2_000
 """``kluis admin`` may write while the server runs; its transactions are tiny, so a short wait."""
 
@@ -57,6 +58,11 @@ class SqliteEngine:
         os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
         conn = sqlite3.connect(path, isolation_level=None, cached_statements=256)
         try:
+            # Takes effect only while the file is new (before WAL mode is set). Sealed envelopes are
+            # 1,397 bytes and up: on 4 KiB pages every one spills into an overflow page, which
+            # doubled the cost of storing and (securely) deleting it; 16 KiB pages hold them inline
+            # up to the 2 KiB bucket (measured: 26 -> 13 us per envelope stored and deleted).
+            conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if mode != "wal":
                 raise StorageError(f"cannot switch the database to WAL mode (got {mode})")
