@@ -12,7 +12,9 @@ and acknowledged individually.
 from __future__ import annotations
 
 import enum
+import struct
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from kluis.protocol._codec import Reader, Writer
 from kluis.protocol.errors import DecodeError, DecodeReason
@@ -104,8 +106,10 @@ class OpenSend:
     send_pass: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class OutgoingEnvelope:
+class OutgoingEnvelope(NamedTuple):
+    """One envelope in a SEND frame. A NamedTuple, not a dataclass: it is built for every envelope
+    on the relay's hot path, and tuple construction is several times cheaper."""
+
     envelope_id: bytes
     recipient: bytes
     token: bytes
@@ -324,6 +328,42 @@ def _read_optional_signed(r: Reader, kind: KeyKind) -> SignedPublicKey | None:
     return _read_signed(r, kind) if flag else None
 
 
+_U32 = struct.Struct(">I")
+_SEND_HEAD = ENVELOPE_ID_LEN + ACCOUNT_ID_LEN + TOKEN_LEN + 4
+
+
+def _parse_send(data: bytes) -> Send:
+    """SEND, the frame a busy relay parses most, without the generic Reader (same rules and errors)."""
+    end = len(data)
+    if end < 3:
+        raise DecodeError("relay frame", DecodeReason.TRUNCATED)
+    n = data[2]
+    if not 1 <= n <= MAX_BATCH:
+        raise DecodeError("relay frame", DecodeReason.TOO_LONG if n > MAX_BATCH else DecodeReason.BAD_VALUE)
+    envelopes = []
+    pos = 3
+    unpack = _U32.unpack_from
+    for _ in range(n):
+        body = pos + _SEND_HEAD
+        if body > end:
+            raise DecodeError("relay frame", DecodeReason.TRUNCATED)
+        (length,) = unpack(data, body - 4)
+        if length > MAX_ENVELOPE:
+            raise DecodeError("relay frame", DecodeReason.TOO_LONG)
+        stop = body + length
+        if stop > end:
+            raise DecodeError("relay frame", DecodeReason.TRUNCATED)
+        envelopes.append(
+            OutgoingEnvelope(
+                data[pos : pos + 16], data[pos + 16 : pos + 32], data[pos + 32 : pos + 64], data[body:stop]
+            )
+        )
+        pos = stop
+    if pos != end:
+        raise DecodeError("relay frame", DecodeReason.TRAILING_BYTES)
+    return Send(tuple(envelopes))
+
+
 def _parse_body(kind: int, r: Reader) -> Frame:  # noqa: PLR0911, PLR0912 - one branch per frame type
     if kind == FrameType.SEND:
         n = _count(r, r.u8(), 1, MAX_BATCH)
@@ -391,6 +431,8 @@ def _parse_body(kind: int, r: Reader) -> Frame:  # noqa: PLR0911, PLR0912 - one 
 
 def parse(data: bytes) -> Frame:
     """Parses one frame. Raises DecodeError or UnsupportedVersion; nothing else."""
+    if len(data) >= 2 and data[0] == FRAME_VERSION and data[1] == FrameType.SEND:
+        return _parse_send(bytes(data))
     r = Reader(data, "relay frame")
     r.expect_version(FRAME_VERSION)
     frame = _parse_body(r.u8(), r)

@@ -332,24 +332,26 @@ class Relay:
         accepted: list[tuple[int, StoredEnvelope]] = []
         expiry = self.today() + self.retention_days
         metrics = self.metrics
+        cache = self._cache
+        sha256 = hashlib.sha256
+        compare = hmac.compare_digest
         for e in envelopes:
             if len(e.envelope) > self.max_envelope_bytes:
                 results.append((e.envelope_id, f.SendStatus.TOO_LARGE))
                 metrics.send_rejected("too_large")
                 continue
-            try:
-                await self._check_token(AccountId(e.recipient), e.token)
-            except Revoked:
-                results.append((e.envelope_id, f.SendStatus.REVOKED))
-                metrics.send_rejected("revoked")
-                continue
-            except Rejected:
+            # The token check of _check_token, inlined: this runs for every envelope.
+            recipient = AccountId(e.recipient)
+            known = cache.get(recipient) or await self._known(recipient)
+            if known is None or not compare(sha256(e.token).digest(), known.account.token_hash):
                 results.append((e.envelope_id, f.SendStatus.REJECTED))
                 metrics.send_rejected("bad_token")
                 continue
-            accepted.append(
-                (len(results), StoredEnvelope(AccountId(e.recipient), e.envelope_id, e.envelope, expiry))
-            )
+            if known.account.revoked:
+                results.append((e.envelope_id, f.SendStatus.REVOKED))
+                metrics.send_rejected("revoked")
+                continue
+            accepted.append((len(results), StoredEnvelope(recipient, e.envelope_id, e.envelope, expiry)))
             results.append((e.envelope_id, f.SendStatus.OK))
         return Screened(results, accepted)
 
