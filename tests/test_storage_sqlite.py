@@ -66,7 +66,7 @@ def test_pragmas(tmp_path: Path) -> None:
             assert c.execute("PRAGMA journal_mode").fetchone() == ("wal",)
             assert c.execute("PRAGMA synchronous").fetchone() == (level,)
             assert c.execute("PRAGMA secure_delete").fetchone() == (1,)
-            assert c.execute("PRAGMA page_size").fetchone() == (16_384,)  # envelopes stay inline
+            assert c.execute("PRAGMA page_size").fetchone() == (4096,)
             assert c.execute("PRAGMA foreign_keys").fetchone() == (1,)
             await s.close()
 

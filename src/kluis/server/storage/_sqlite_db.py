@@ -37,7 +37,7 @@ WAL_AUTOCHECKPOINT_PAGES = 10_000
 a timer, so a commit that acknowledges envelopes does not also pay for a checkpoint."""
 JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
 """After a checkpoint resets the WAL, truncate the file to this size so it does not stay large."""
-PAGE_SIZE = 16_384
+PAGE_SIZE = 4096
 BUSY_TIMEOUT_MS = 2_000
 """``kluis admin`` may write while the server runs; its transactions are tiny, so a short wait."""
 
@@ -58,10 +58,12 @@ class SqliteEngine:
         os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
         conn = sqlite3.connect(path, isolation_level=None, cached_statements=256)
         try:
-            # Takes effect only while the file is new (before WAL mode is set). Sealed envelopes are
-            # 1,397 bytes and up: on 4 KiB pages every one spills into an overflow page, which
-            # doubled the cost of storing and (securely) deleting it; 16 KiB pages hold them inline
-            # up to the 2 KiB bucket (measured: 26 -> 13 us per envelope stored and deleted).
+            # Takes effect only while the file is new (before WAL mode is set). A trade-off, measured:
+            # sealed envelopes are 1,397 bytes and up, and on 4 KiB pages each spills into an
+            # overflow page (store + secure delete 26 us; 13 us on 16 KiB pages), but larger pages
+            # write more WAL per commit, and at a steady 500 msg/s (one commit per message) that
+            # raised the acknowledgement p99 from 2.7 ms to 9 ms (8 KiB) and 14 ms (16 KiB).
+            # Latency at ordinary load wins; see docs/OPERATING.md "Benchmarks".
             conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if mode != "wal":
