@@ -35,6 +35,7 @@ from kluis.server.errors import (
 )
 from kluis.server.metrics import Metrics
 from kluis.server.storage.base import (
+    SECONDS_PER_DAY,
     Account,
     AccountId,
     AlreadyExists,
@@ -146,9 +147,19 @@ class Relay:
         self._clock = clock
         self.metrics = metrics or Metrics(process=False)
         self._cache: OrderedDict[AccountId, _Known] = OrderedDict()
+        self._day_start = -1.0
+        self._today_value = 0
 
     def today(self) -> int:
         return epoch_day(self._clock())
+
+    def _today_cached(self) -> int:
+        """today() for every SEND frame: the clock is read, the day recomputed only when it ends."""
+        now = self._clock()
+        if not self._day_start <= now < self._day_start + SECONDS_PER_DAY:
+            self._today_value = epoch_day(now)
+            self._day_start = self._today_value * SECONDS_PER_DAY
+        return self._today_value
 
     # -- accounts -------------------------------------------------------------------------------
 
@@ -330,7 +341,7 @@ class Relay:
         """
         results: SendResults = []
         accepted: list[tuple[int, StoredEnvelope]] = []
-        expiry = self.today() + self.retention_days
+        expiry = self._today_cached() + self.retention_days
         metrics = self.metrics
         cache = self._cache
         sha256 = hashlib.sha256
