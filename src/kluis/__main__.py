@@ -1,0 +1,5 @@
+"""``python -m kluis`` runs the kluis command."""
+
+from kluis.cli.main import main
+
+main()
