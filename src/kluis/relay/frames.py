@@ -165,8 +165,9 @@ class SendResult:
     results: tuple[tuple[bytes, SendStatus], ...]
 
 
-@dataclass(frozen=True, slots=True)
-class Delivery:
+class Delivery(NamedTuple):
+    """One envelope in a DELIVER frame (a NamedTuple: built for every delivery on the hot path)."""
+
     seq: int
     envelope_id: bytes
     envelope: bytes
@@ -226,6 +227,9 @@ Frame = (
 )
 
 AUTH_LABEL = b"Kluis relay auth v1\x00"
+_U32 = struct.Struct(">I")
+_U64 = struct.Struct(">Q")
+_STATUS_BYTE = {status: bytes((status,)) for status in SendStatus}
 
 
 def auth_message(nonce: bytes, account: bytes) -> bytes:
@@ -255,16 +259,16 @@ def serialize(frame: Frame) -> bytes:  # noqa: PLR0911, PLR0912 - one branch per
         for e in frame.envelopes:
             w.raw(e.envelope_id).raw(e.recipient).raw(e.token).var32(e.envelope)
         return w.getvalue()
-    if isinstance(frame, Deliver):
-        w = _head(FrameType.DELIVER).u8(len(frame.deliveries))
-        for d in frame.deliveries:
-            w.u64(d.seq).raw(d.envelope_id).var32(d.envelope)
-        return w.getvalue()
-    if isinstance(frame, SendResult):
-        w = _head(FrameType.SEND_RESULT).u8(len(frame.results))
+    if isinstance(frame, Deliver):  # hot path: packed directly, same bytes as the Writer would give
+        parts = [bytes((FRAME_VERSION, FrameType.DELIVER, len(frame.deliveries)))]
+        for seq, envelope_id, envelope in frame.deliveries:
+            parts += (_U64.pack(seq), envelope_id, _U32.pack(len(envelope)), envelope)
+        return b"".join(parts)
+    if isinstance(frame, SendResult):  # hot path, as DELIVER
+        parts = [bytes((FRAME_VERSION, FrameType.SEND_RESULT, len(frame.results)))]
         for envelope_id, status in frame.results:
-            w.raw(envelope_id).u8(status)
-        return w.getvalue()
+            parts += (envelope_id, _STATUS_BYTE[status])
+        return b"".join(parts)
     if isinstance(frame, Receipt):
         w = _head(FrameType.RECEIPT).u16(len(frame.seqs))
         for seq in frame.seqs:
@@ -328,7 +332,6 @@ def _read_optional_signed(r: Reader, kind: KeyKind) -> SignedPublicKey | None:
     return _read_signed(r, kind) if flag else None
 
 
-_U32 = struct.Struct(">I")
 _SEND_HEAD = ENVELOPE_ID_LEN + ACCOUNT_ID_LEN + TOKEN_LEN + 4
 
 
@@ -364,17 +367,25 @@ def _parse_send(data: bytes) -> Send:
     return Send(tuple(envelopes))
 
 
-def _parse_body(kind: int, r: Reader) -> Frame:  # noqa: PLR0911, PLR0912 - one branch per frame type
-    if kind == FrameType.SEND:
-        n = _count(r, r.u8(), 1, MAX_BATCH)
-        return Send(
-            tuple(
-                OutgoingEnvelope(
-                    r.raw(ENVELOPE_ID_LEN), r.raw(ACCOUNT_ID_LEN), r.raw(TOKEN_LEN), r.var32(MAX_ENVELOPE)
-                )
-                for _ in range(n)
-            )
+def _parse_receipt(data: bytes) -> Receipt:
+    """RECEIPT, the other frame a busy relay parses for every delivery (same rules and errors)."""
+    if len(data) < 4:
+        raise DecodeError("relay frame", DecodeReason.TRUNCATED)
+    n = (data[2] << 8) | data[3]
+    if not 1 <= n <= MAX_RECEIPTS:
+        raise DecodeError(
+            "relay frame", DecodeReason.TOO_LONG if n > MAX_RECEIPTS else DecodeReason.BAD_VALUE
         )
+    expected = 4 + 8 * n
+    if len(data) < expected:
+        raise DecodeError("relay frame", DecodeReason.TRUNCATED)
+    if len(data) > expected:
+        raise DecodeError("relay frame", DecodeReason.TRAILING_BYTES)
+    return Receipt(struct.unpack_from(f">{n}Q", data, 4))
+
+
+def _parse_body(kind: int, r: Reader) -> Frame:  # noqa: PLR0911, PLR0912 - one branch per frame type
+    """Every frame but SEND and RECEIPT (parsed by the fast paths above)."""
     if kind == FrameType.DELIVER:
         n = _count(r, r.u8(), 1, MAX_BATCH)
         return Deliver(
@@ -390,9 +401,6 @@ def _parse_body(kind: int, r: Reader) -> Frame:  # noqa: PLR0911, PLR0912 - one 
             except ValueError:
                 raise DecodeError(r.what, DecodeReason.BAD_VALUE) from None
         return SendResult(tuple(results))
-    if kind == FrameType.RECEIPT:
-        n = _count(r, r.u16(), 1, MAX_RECEIPTS)
-        return Receipt(tuple(r.u64() for _ in range(n)))
     if kind == FrameType.AUTH:
         return Auth(r.raw(ACCOUNT_ID_LEN), r.raw(SIGNATURE_LEN))
     if kind == FrameType.OPEN_SEND:
@@ -431,8 +439,11 @@ def _parse_body(kind: int, r: Reader) -> Frame:  # noqa: PLR0911, PLR0912 - one 
 
 def parse(data: bytes) -> Frame:
     """Parses one frame. Raises DecodeError or UnsupportedVersion; nothing else."""
-    if len(data) >= 2 and data[0] == FRAME_VERSION and data[1] == FrameType.SEND:
-        return _parse_send(bytes(data))
+    if len(data) >= 2 and data[0] == FRAME_VERSION:
+        if data[1] == FrameType.SEND:
+            return _parse_send(bytes(data))
+        if data[1] == FrameType.RECEIPT:
+            return _parse_receipt(bytes(data))
     r = Reader(data, "relay frame")
     r.expect_version(FRAME_VERSION)
     frame = _parse_body(r.u8(), r)
