@@ -27,6 +27,10 @@ EXPIRE_EVERY_S = 3600.0
 CHECKPOINT_EVERY_S = 1.0
 """WAL checkpoints run on a timer in a worker thread, off the send path (PERFORMANCE.md: checkpoints
 on the loop blocked acknowledgements); every second keeps each one short and the WAL small."""
+TRUNCATE_EVERY_TICKS = 5
+"""Every fifth checkpoint also empties the WAL, so page images of delivered envelopes and handed-out
+prekeys leave it within about 5 s (docs/SECURITY.md); truncating every second cost latency
+(storage Checkpointer.run)."""
 SECRET_FILE = "send-pass.key"  # noqa: S105 - a file name, not a secret
 
 
@@ -53,10 +57,12 @@ def load_secret(data_dir: Path) -> bytes:
 
 async def _housekeeping(relay: Relay) -> None:
     last_expire = 0.0
+    ticks = 0
     while True:
         await asyncio.sleep(CHECKPOINT_EVERY_S)
+        ticks += 1
         with contextlib.suppress(Exception):
-            await relay.storage.checkpoint()
+            await relay.storage.checkpoint(truncate=ticks % TRUNCATE_EVERY_TICKS == 0)
         if time.monotonic() - last_expire >= EXPIRE_EVERY_S:
             last_expire = time.monotonic()
             with contextlib.suppress(Exception):

@@ -211,8 +211,9 @@ class Storage(Protocol):
     @property
     def mailbox(self) -> MailboxStore: ...
 
-    async def checkpoint(self) -> None:
-        """Housekeeping off the hot path (SQLite: a PASSIVE WAL checkpoint); call it from a timer."""
+    async def checkpoint(self, *, truncate: bool = True) -> None:
+        """Housekeeping off the hot path (SQLite: a PASSIVE WAL checkpoint, then with ``truncate``
+        emptying the WAL so deleted data leaves it too); call it from a timer."""
 
     async def close(self) -> None:
         """Commits anything pending and releases the backend."""

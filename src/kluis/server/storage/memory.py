@@ -196,7 +196,7 @@ class MemoryStorage:
         self.directory = MemoryDirectoryStore(data)
         self.mailbox = MemoryMailboxStore(data)
 
-    async def checkpoint(self) -> None:
+    async def checkpoint(self, *, truncate: bool = True) -> None:
         """Nothing to do in memory."""
 
     async def close(self) -> None:

@@ -413,7 +413,7 @@ class SqliteStorage:
     def open(cls, path: Path, *, fsync: bool) -> SqliteStorage:
         return cls(SqliteDatabase.open(path, fsync=fsync), path)
 
-    async def checkpoint(self) -> None:
+    async def checkpoint(self, *, truncate: bool = True) -> None:
         """A PASSIVE WAL checkpoint; the server calls it from a timer (every few seconds).
 
         When it copied every frame, the WAL file is then truncated (without waiting for a reader), so
@@ -423,11 +423,11 @@ class SqliteStorage:
         """
         if self._checkpointer is None:
             busy, wal_pages, copied = self.db.checkpoint("PASSIVE")
-            if busy == 0 and wal_pages > 0 and copied == wal_pages:
+            if truncate and busy == 0 and wal_pages > 0 and copied == wal_pages:
                 self.db.truncate_wal()
             return
         # Off the event loop: on it, checkpoints stalled acknowledgements (Checkpointer).
-        await asyncio.to_thread(self._checkpointer.run)
+        await asyncio.to_thread(self._checkpointer.run, truncate)
 
     async def close(self) -> None:
         if self._checkpointer is not None:
