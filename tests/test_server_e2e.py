@@ -186,3 +186,52 @@ def test_unauthenticated_and_malformed_streams_are_cut(tmp_path: Path) -> None:
             await ws.close()
 
     run(scenario())
+
+
+def test_expired_account_receives_but_cannot_send(tmp_path: Path) -> None:
+    """Issue 3 item 1: an expired subscription can still receive, but gets no send pass."""
+
+    async def scenario() -> None:
+        (valid,) = await add_codes(tmp_path, 1, days=30)
+        (lapsed,) = await add_codes(tmp_path, 1, days=-1)  # an account that expired yesterday
+        async with running_server(tmp_path) as server:
+            alice, bob = await new_user(server, valid), await new_user(server, lapsed)
+            mailbox = await bob.connect()
+            with pytest.raises(RelayClientError) as err:
+                await mailbox.send_pass()
+            assert err.value.code == "subscription_expired"
+            assert "cannot send" in str(err.value) or "not send" in str(err.value)
+            # The connection stays open and Bob still receives.
+            await alice.connect()
+            sender = await alice.sender()
+            envelope_id = os.urandom(16)
+            statuses = await sender.send_envelopes(
+                [f.OutgoingEnvelope(envelope_id, bob.account, bob.token, b"x")]
+            )
+            assert statuses == {envelope_id: f.SendStatus.OK}
+            (delivery,) = (await mailbox.expect(f.Deliver)).deliveries
+            assert delivery.envelope_id == envelope_id
+
+    run(scenario())
+
+
+def test_owner_is_told_when_its_prekey_stock_runs_low(tmp_path: Path) -> None:
+    """Issue 3 item 3: a bundle fetch that takes the stock below the watermark notifies the owner."""
+
+    async def scenario() -> None:
+        codes = await add_codes(tmp_path, 2)
+        async with running_server(tmp_path, prekey_low_watermark=3) as server:
+            alice, bob = (
+                await new_user(server, codes[0]),
+                await new_user(server, codes[1], one_time=4, kem_one_time=4),
+            )
+            await bob.connect()
+            assert (await bob.upload()).one_time_left == 4
+            await server.http.bundle(bob.account, bob.token)  # 3 left: not below the watermark
+            await server.http.bundle(bob.account, bob.token)  # 2 left: below
+            assert bob.mailbox is not None
+            stock = await bob.mailbox.expect(f.KeyStock, timeout=5)
+            assert (stock.one_time_left, stock.kem_left) == (2, 2)
+            del alice
+
+    run(scenario())
