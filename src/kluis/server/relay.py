@@ -339,6 +339,15 @@ class Relay:
         Split from :meth:`store` so a connection can screen frames in arrival order and let their
         commits overlap, while the rows still reach storage in arrival order.
         """
+        cache = self._cache
+        for e in envelopes:
+            if e.recipient not in cache:
+                await self._known(AccountId(e.recipient))  # loads it into the cache, if it exists
+        return self.screen_cached(envelopes)
+
+    def screen_cached(self, envelopes: tuple[f.OutgoingEnvelope, ...]) -> Screened:
+        """:meth:`screen` without awaiting: a recipient not in the account cache is refused, so
+        call it only when every recipient is cached (:meth:`all_cached`)."""
         results: SendResults = []
         accepted: list[tuple[int, StoredEnvelope]] = []
         expiry = self._today_cached() + self.retention_days
@@ -346,14 +355,14 @@ class Relay:
         cache = self._cache
         sha256 = hashlib.sha256
         compare = hmac.compare_digest
+        limit = self.max_envelope_bytes
         for e in envelopes:
-            if len(e.envelope) > self.max_envelope_bytes:
+            if len(e.envelope) > limit:
                 results.append((e.envelope_id, f.SendStatus.TOO_LARGE))
                 metrics.send_rejected("too_large")
                 continue
             # The token check of _check_token, inlined: this runs for every envelope.
-            recipient = AccountId(e.recipient)
-            known = cache.get(recipient) or await self._known(recipient)
+            known = cache.get(AccountId(e.recipient))
             if known is None or not compare(sha256(e.token).digest(), known.account.token_hash):
                 results.append((e.envelope_id, f.SendStatus.REJECTED))
                 metrics.send_rejected("bad_token")
@@ -362,9 +371,15 @@ class Relay:
                 results.append((e.envelope_id, f.SendStatus.REVOKED))
                 metrics.send_rejected("revoked")
                 continue
-            accepted.append((len(results), StoredEnvelope(recipient, e.envelope_id, e.envelope, expiry)))
+            accepted.append(
+                (len(results), StoredEnvelope(AccountId(e.recipient), e.envelope_id, e.envelope, expiry))
+            )
             results.append((e.envelope_id, f.SendStatus.OK))
         return Screened(results, accepted)
+
+    def all_cached(self, envelopes: tuple[f.OutgoingEnvelope, ...]) -> bool:
+        cache = self._cache
+        return all(e.recipient in cache for e in envelopes)
 
     async def store(self, screened: Screened) -> SendResults:
         """Commits the screened envelopes (group commit), then pushes them to connected recipients."""

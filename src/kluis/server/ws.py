@@ -341,7 +341,11 @@ class Connection:
         if len(self._to_store) >= self.settings.max_in_flight:
             self._room.clear()
             await self._room.wait()
-        self._to_store.append(await self.relay.screen(frame.envelopes))
+        relay = self.relay
+        if relay.all_cached(frame.envelopes):  # the common case, without a coroutine
+            self._to_store.append(relay.screen_cached(frame.envelopes))
+        else:
+            self._to_store.append(await relay.screen(frame.envelopes))
         if self._store_task is None or self._store_task.done():
             self._store_task = asyncio.ensure_future(self._store_loop())
 
