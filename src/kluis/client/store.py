@@ -11,7 +11,7 @@ transactions is ``profile.db`` alone; ``secure_delete = ON`` zeroes a deleted ro
 page (and freed pages) before the page is re-encrypted, so once :meth:`ProfileStore.delete_expired`
 commits, no page of the live database decrypts to the message. The pre-image the rollback journal
 held during that transaction (encrypted, and deleted at commit) may remain in free filesystem blocks:
-see docs/SECURITY-client.md, residual risks.
+see docs/SECURITY.md, "What a seized device reveals", residual risks.
 
 ``cipher_memory_security = ON`` makes SQLCipher wipe and lock the memory it uses for keys and pages.
 
