@@ -73,6 +73,7 @@ class Connection:
     """One client connection. Implements MailboxSink once authenticated."""
 
     __slots__ = (
+        "_busy",
         "_closing",
         "_deliveries",
         "_drain_task",
@@ -142,10 +143,12 @@ class Connection:
         self._limiter = RateLimiter(settings.send_rate, settings.send_burst)
         self._tasks: list[asyncio.Task[None]] = []
         self._nonce = os.urandom(f.NONCE_LEN)
-        self._idle = asyncio.Event()
-        self._idle.set()
+        # Events are made only when someone waits (an idle connection should cost little memory:
+        # issue 3's W4 holds 10,000 of them). _busy: a frame is being handled.
+        self._busy = False
+        self._idle: asyncio.Future[None] | None = None
         self._to_store: list[Screened] = []
-        self._room = asyncio.Event()
+        self._room: asyncio.Future[None] | None = None
         self._store_task: asyncio.Future[None] | None = None
         self._receipts: list[int] = []
         self._receipt_task: asyncio.Future[None] | None = None
@@ -339,8 +342,8 @@ class Connection:
         # arrive meanwhile are stored together in one append. At most max_in_flight frames wait to
         # be stored (then this connection stops reading and TCP pushes back on the client).
         if len(self._to_store) >= self.settings.max_in_flight:
-            self._room.clear()
-            await self._room.wait()
+            self._room = asyncio.get_running_loop().create_future()
+            await self._room
         relay = self.relay
         if relay.all_cached(frame.envelopes):  # the common case, without a coroutine
             self._to_store.append(relay.screen_cached(frame.envelopes))
@@ -353,7 +356,8 @@ class Connection:
         """Stores screened frames in arrival order, batching what queued up during each commit."""
         while self._to_store:
             batch, self._to_store = self._to_store, []
-            self._room.set()
+            if self._room is not None and not self._room.done():
+                self._room.set_result(None)
             screened = Screened.merge(batch)
             started = time.perf_counter()
             try:
@@ -423,7 +427,9 @@ class Connection:
         """Server shutdown: let the frame being handled finish (its envelopes are committed and
         acknowledged), flush every frame owed, then close with SHUTTING_DOWN."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), grace)
+            if self._busy:
+                self._idle = asyncio.get_running_loop().create_future()
+                await asyncio.wait_for(self._idle, grace)
         if self._store_task is not None:  # envelopes being committed are acknowledged before the close
             await asyncio.wait([self._store_task], timeout=grace)
         self._flush()
@@ -487,11 +493,13 @@ class Connection:
                 msg = await self.ws.receive()
                 if msg.type == WSMsgType.BINARY:
                     self._last_frame = loop.time()
-                    self._idle.clear()
+                    self._busy = True
                     try:
                         await self._handle(msg.data)
                     finally:
-                        self._idle.set()
+                        self._busy = False
+                        if self._idle is not None and not self._idle.done():
+                            self._idle.set_result(None)
                 elif msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
                     return
                 else:
