@@ -235,3 +235,19 @@ def test_owner_is_told_when_its_prekey_stock_runs_low(tmp_path: Path) -> None:
             del alice
 
     run(scenario())
+
+
+def test_a_second_mailbox_connection_replaces_the_first(tmp_path: Path) -> None:
+    """One mailbox stream per account: the older one is told and closed at once."""
+
+    async def scenario() -> None:
+        (code,) = await add_codes(tmp_path, 1)
+        async with running_server(tmp_path) as server:
+            user = await new_user(server, code)
+            first = await user.connect()
+            await user.connect()
+            with pytest.raises(RelayClientError) as err:
+                await first.expect(f.SendResult, timeout=5)
+            assert err.value.code == "auth_failed"
+
+    run(scenario())

@@ -27,6 +27,8 @@ from kluis.server.storage.base import AccountId, MailboxItem
 
 log = logging.getLogger("kluis.server.ws")
 
+WRITE_BUFFER_LIMIT = 256 * 1024
+"""Bytes waiting in the socket's buffer above which frames go through the back-pressured writer."""
 MAX_QUEUED_FRAMES = 4096
 """Frames waiting for a slow reader before the connection is cut (a few MB at most)."""
 DELIVERY_WINDOW = 512
@@ -89,6 +91,7 @@ class Connection:
         "_last_frame",
         "_limiter",
         "_nonce",
+        "_raw_write",
         "_receipt_task",
         "_receipts",
         "_results",
@@ -99,7 +102,6 @@ class Connection:
         "_to_store",
         "_transport",
         "_typical_size",
-        "_wake",
         "_watchdog",
         "_writer_task",
         "account",
@@ -126,7 +128,9 @@ class Connection:
         self._deliveries: list[f.Delivery] = []
         self._frames: list[bytes] = []
         self._flush_scheduled = False
-        self._wake = asyncio.Event()
+        # aiohttp's synchronous frame writer (what send_bytes calls before it waits on the socket);
+        # None if a future aiohttp renames it: then every frame takes the back-pressured path.
+        self._raw_write = getattr(getattr(ws, "_writer", None), "_write_websocket_frame", None)
         self._closing: Closing | None = None
         # Mailbox cursor: highest seq sent; deliveries above it come from storage (drain) until
         # caught up, then live. Order per mailbox is kept because storage seqs increase.
@@ -170,7 +174,39 @@ class Connection:
         self._pack()
         if len(self._frames) > MAX_QUEUED_FRAMES:
             self._cut("client does not read its frames")
-        self._wake.set()
+            return
+        self._emit()
+
+    def _emit(self) -> None:
+        """Writes queued frames now when the socket keeps up; else hands them to the writer task.
+
+        The fast path writes each frame with aiohttp's synchronous frame writer, which is what
+        ``send_bytes`` does before it awaits back-pressure; skipping the coroutine and a writer task
+        per connection saves a task switch per flush (W1) and a task per idle connection (W4). When
+        the socket's buffer is over WRITE_BUFFER_LIMIT, or that writer is unavailable, the writer
+        task sends with ``send_bytes``, which waits for the client to read (write_timeout applies).
+        """
+        if not self._frames:
+            return
+        task = self._writer_task
+        if task is not None and not task.done():
+            return  # the slow path is draining; it takes these frames too
+        transport = self._transport
+        write = self._raw_write
+        if (
+            write is None
+            or transport is None
+            or transport.is_closing()
+            or self.ws.closed
+            or transport.get_write_buffer_size() > WRITE_BUFFER_LIMIT
+        ):
+            self._writer_task = asyncio.ensure_future(self._writer())
+            return
+        frames, self._frames = self._frames, []
+        metrics = self.relay.metrics
+        for frame in frames:
+            write(frame, WSMsgType.BINARY, 0)
+            metrics.frame_sent(_FRAME_TYPES[frame[1]], len(frame))
 
     def _pack(self) -> None:
         """Turns pending acknowledgements and deliveries into frames, in the order they arose."""
@@ -189,26 +225,32 @@ class Connection:
         self._schedule()
 
     def _close_soon(self, code: f.ErrorCode, text: str) -> None:
+        """Ends the connection from outside the read loop (replaced, revoked, timed out)."""
         if self._closing is None:
             self._closing = Closing(code, text)
-            self._wake.set()
+            self._flush()
+            self._tasks.append(asyncio.ensure_future(self._close_after_writes()))
+
+    async def _close_after_writes(self) -> None:
+        task = self._writer_task
+        if task is not None and not task.done():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(task, self.settings.write_timeout)
+        # Closing the WebSocket ends the read loop's receive().
+        await self._send_error_and_close()
 
     async def _writer(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._frames:
-                frames, self._frames = self._frames, []
-                try:
-                    # One deadline per batch (not per frame: this is the hot path).
-                    async with asyncio.timeout(self.settings.write_timeout):
-                        for frame in frames:
-                            await self.ws.send_bytes(frame)
-                            self.relay.metrics.frame_sent(f.FrameType(frame[1]), len(frame))
-                except TimeoutError:
-                    self._cut("client does not read")
-                    return
-            if self._closing is not None:
+        """The slow path of :meth:`_emit`: sends with back-pressure until the queue is empty."""
+        while self._frames:
+            frames, self._frames = self._frames, []
+            try:
+                # One deadline per batch (not per frame).
+                async with asyncio.timeout(self.settings.write_timeout):
+                    for frame in frames:
+                        await self.ws.send_bytes(frame)
+                        self.relay.metrics.frame_sent(_FRAME_TYPES[frame[1]], len(frame))
+            except TimeoutError:
+                self._cut("client does not read")
                 return
 
     def _cut(self, why: str) -> None:
@@ -433,15 +475,16 @@ class Connection:
         if self._store_task is not None:  # envelopes being committed are acknowledged before the close
             await asyncio.wait([self._store_task], timeout=grace)
         self._flush()
-        self._close_soon(f.ErrorCode.SHUTTING_DOWN, "server shutting down")
-        if self._writer_task is not None:
+        if self._closing is None:
+            self._closing = Closing(f.ErrorCode.SHUTTING_DOWN, "server shutting down")
+        task = self._writer_task
+        if task is not None and not task.done():
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._writer_task, grace)
+                await asyncio.wait_for(task, grace)
         await self._send_error_and_close()
 
     async def run(self) -> None:
         self.send_frame(f.Challenge(self._nonce, self.relay.today()))
-        writer = self._writer_task = asyncio.create_task(self._writer())
         try:
             await self._read_loop()
         except Closing as closing:
@@ -462,18 +505,21 @@ class Connection:
                 task.cancel()
             if self._drain_task is not None:
                 self._drain_task.cancel()
-            await self._finish(writer)
+            await self._finish()
 
-    async def _finish(self, writer: asyncio.Task[None]) -> None:
-        if self._closing is None:  # the client went away
-            writer.cancel()
+    async def _finish(self) -> None:
+        task = self._writer_task
+        if self._closing is None:  # the client went away: nothing more to say
+            if task is not None:
+                task.cancel()
         else:
             if self._store_task is not None:  # acknowledge what was committed before saying goodbye
                 await asyncio.wait([self._store_task], timeout=2)
                 self._flush()
-            self._wake.set()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(writer, timeout=2)
+                task = self._writer_task
+            if task is not None and not task.done():
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(task, timeout=2)
         await self._send_error_and_close()
 
     async def _send_error_and_close(self) -> None:
@@ -528,10 +574,7 @@ class Connection:
         self.relay.metrics.connection_refused(
             "handshake_timeout" if self.state is State.AWAIT_HELLO else "idle"
         )
-        self._closing = Closing(f.ErrorCode.TIMEOUT, "timed out")
-        self._wake.set()
-        # Closing the socket's WebSocket ends the read loop's receive().
-        self._tasks.append(asyncio.ensure_future(self._send_error_and_close()))
+        self._close_soon(f.ErrorCode.TIMEOUT, "timed out")
 
 
 class StreamSettings:
