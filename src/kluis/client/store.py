@@ -24,15 +24,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import sqlcipher3
 
+from kluis._schema import load_deltas, migrate
 from kluis.client.errors import StoreError, WrongProfileKey
 
 T = TypeVar("T")
@@ -44,7 +43,6 @@ SCHEMA_COMPAT_VERSION = 1
 """The oldest code version that can still use a database written by this code."""
 PROFILE_KEY_SIZE = 32
 
-_DELTA_NAME = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
 
 Direction = Literal["in", "out"]
 
@@ -71,14 +69,7 @@ class StoredMessage:
 
 def schema_deltas() -> list[tuple[int, str]]:
     """The numbered delta files shipped in the package, in order."""
-    folder = resources.files("kluis.client").joinpath("schema")
-    deltas = []
-    for entry in folder.iterdir():
-        match = _DELTA_NAME.match(entry.name)
-        if match:
-            deltas.append((int(match.group(1)), entry.read_text(encoding="utf-8")))
-    deltas.sort()
-    return deltas
+    return load_deltas("kluis.client", "schema")
 
 
 def _connect(path: Path, profile_key: bytes) -> Any:
@@ -110,30 +101,15 @@ def _connect(path: Path, profile_key: bytes) -> Any:
 
 
 def _migrate(conn: Any) -> None:
-    current = 0
-    has_table = conn.execute(
-        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
-    ).fetchone()
-    if has_table:
-        row = conn.execute("SELECT version, compat_version FROM schema_version").fetchone()
-        if row is None:
-            raise StoreError("schema_version table is empty: not a kluis profile")
-        current, compat = int(row[0]), int(row[1])
-        if compat > SCHEMA_VERSION:
-            raise SchemaTooNew(compat, SCHEMA_VERSION)
-    elif conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table'").fetchone():
-        raise StoreError("the database has tables but no schema_version: not a kluis profile")
-    for version, sql in schema_deltas():
-        if version <= current or version > SCHEMA_VERSION:
-            continue
-        values = f"({version}, {SCHEMA_COMPAT_VERSION})"  # integers from this module
-        stamp = f"DELETE FROM schema_version; INSERT INTO schema_version VALUES {values};"  # noqa: S608
-        try:
-            conn.executescript(f"BEGIN IMMEDIATE;\n{sql}\n{stamp}\nCOMMIT;")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+    migrate(
+        conn,
+        schema_deltas(),
+        version=SCHEMA_VERSION,
+        compat_version=SCHEMA_COMPAT_VERSION,
+        begin="BEGIN IMMEDIATE",
+        not_ours=lambda reason: StoreError(f"{reason}: not a kluis profile"),
+        too_new=SchemaTooNew,
+    )
 
 
 class ProfileStore:

@@ -12,15 +12,15 @@ import asyncio
 import collections
 import logging
 import os
-import re
 import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from importlib import resources
 from pathlib import Path
 from typing import Protocol, TypeVar
 
+from kluis._schema import load_deltas
+from kluis._schema import migrate as apply_deltas
 from kluis.server.storage.base import SchemaTooNew, StorageError
 
 T = TypeVar("T")
@@ -40,8 +40,6 @@ JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
 PAGE_SIZE = 4096
 BUSY_TIMEOUT_MS = 2_000
 """``kluis admin`` may write while the server runs; its transactions are tiny, so a short wait."""
-
-_DELTA_NAME = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
 
 
 class SqliteEngine:
@@ -85,14 +83,7 @@ class SqliteEngine:
 
 def schema_deltas(engine: str = "sqlite") -> list[tuple[int, str]]:
     """The numbered delta files shipped in the package, in order."""
-    folder = resources.files("kluis.server.storage").joinpath("schema", engine)
-    deltas = []
-    for entry in folder.iterdir():
-        match = _DELTA_NAME.match(entry.name)
-        if match:
-            deltas.append((int(match.group(1)), entry.read_text(encoding="utf-8")))
-    deltas.sort()
-    return deltas
+    return load_deltas("kluis.server.storage", "schema", engine)
 
 
 class TransactionObserver(Protocol):
@@ -291,30 +282,14 @@ class Checkpointer:
 
 def migrate(conn: sqlite3.Connection, engine: SqliteEngine) -> None:
     """Brings the schema up to SCHEMA_VERSION, or raises SchemaTooNew (Synapse's compat rule)."""
-    current = 0
-    has_table = conn.execute(
-        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
-    ).fetchone()
-    if has_table:
-        row = conn.execute("SELECT version, compat_version FROM schema_version").fetchone()
-        if row is None:
-            raise StorageError("schema_version table is empty: not a kluis database")
-        current, compat = int(row[0]), int(row[1])
-        if compat > SCHEMA_VERSION:
-            raise SchemaTooNew(compat, SCHEMA_VERSION)
-    elif conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table'").fetchone():
-        raise StorageError("the database has tables but no schema_version: not a kluis database")
-    for version, sql in schema_deltas(engine.name):
-        if version <= current or version > SCHEMA_VERSION:
-            continue
-        # Integers from this module, not input.
-        values = f"({version}, {SCHEMA_COMPAT_VERSION})"
-        stamp = f"DELETE FROM schema_version; INSERT INTO schema_version VALUES {values};"  # noqa: S608
-        try:
-            # One transaction per delta: a crash leaves the previous version intact.
-            conn.executescript(f"{engine.begin_write};\n{sql}\n{stamp}\nCOMMIT;")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+    applied = apply_deltas(
+        conn,
+        schema_deltas(engine.name),
+        version=SCHEMA_VERSION,
+        compat_version=SCHEMA_COMPAT_VERSION,
+        begin=engine.begin_write,
+        not_ours=lambda reason: StorageError(f"{reason}: not a kluis database"),
+        too_new=SchemaTooNew,
+    )
+    for version in applied:
         log.info("database schema now at version %d", version)
