@@ -239,7 +239,7 @@ class Relay:
             sink.replaced()
 
     async def _check_token(self, account_id: AccountId, token: bytes) -> _Known:
-        known = self._cache.get(account_id) or await self._known(account_id)
+        known = await self._known(account_id)
         if known is None or not hmac.compare_digest(hashlib.sha256(token).digest(), known.account.token_hash):
             raise Rejected()
         if known.account.revoked:
@@ -328,10 +328,6 @@ class Relay:
         return day in (today, today - 1) and hmac.compare_digest(send_pass, self.send_pass(day))
 
     # -- mailboxes ------------------------------------------------------------------------------
-
-    async def submit(self, envelopes: tuple[f.OutgoingEnvelope, ...]) -> SendResults:
-        """Stores envelopes durably and pushes them to connected recipients; one status each."""
-        return await self.store(await self.screen(envelopes))
 
     async def screen(self, envelopes: tuple[f.OutgoingEnvelope, ...]) -> Screened:
         """Checks size, recipient, token and revocation; nothing is stored yet.

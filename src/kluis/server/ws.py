@@ -358,9 +358,8 @@ class Connection:
         self.state = new_state
 
     async def _dispatch(self, frame: f.Frame) -> None:
-        if isinstance(frame, f.Send):
-            await self._on_send(frame)
-        elif isinstance(frame, f.Receipt):
+        """Every frame but SEND, which _handle dispatches itself (the hot path)."""
+        if isinstance(frame, f.Receipt):
             await self._on_receipt(frame)
         elif isinstance(frame, f.Auth):
             await self._authenticate(frame)
