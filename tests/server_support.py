@@ -28,6 +28,7 @@ NOW = 1_800_000_000
 
 async def add_codes(data_dir: Path, count: int, days: int = 30) -> list[str]:
     codes = [new_code() for _ in range(count)]
+    data_dir.mkdir(parents=True, exist_ok=True)
     storage = await open_storage(database_path(data_dir), fsync=False)
     try:
         await storage.codes.add_codes([hash_code(c) for c in codes], days)

@@ -3,18 +3,31 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 
 from kluis.cli.admin import admin
 from kluis.cli.bench_relay import bench_relay
+from kluis.cli.client_cmds import COMMANDS
 from kluis.cli.server import server
 
 
 @click.group()
 @click.version_option(package_name="kluis")
-def cli() -> None:
-    """Kluis: end-to-end encrypted messaging that survives a seizure of its server."""
+@click.option(
+    "--profile",
+    "profile_dir",
+    envvar="KLUIS_PROFILE",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="The profile directory (default: a per-user data directory). Env: KLUIS_PROFILE.",
+)
+def cli(profile_dir: Path | None) -> None:
+    """Kluis: end-to-end encrypted messaging that survives a seizure of its server.
+
+    The passphrase is asked for, or read from KLUIS_PASSPHRASE.
+    """
 
 
 @cli.group()
@@ -44,6 +57,8 @@ def demo() -> None:
 bench.add_command(bench_relay)
 cli.add_command(admin)
 cli.add_command(server)
+for _command in COMMANDS:
+    cli.add_command(_command)
 
 
 def main() -> None:

@@ -87,3 +87,76 @@ __all__ = [
     "WrongPassphrase",
     "WrongProfileKey",
 ]
+
+
+class ClientError(Exception):
+    """Base of the messaging errors (the SDK's, shown by the CLI and the TUI as one line)."""
+
+    title = "Error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class NoProfile(ClientError):
+    title = "No profile"
+
+    def __init__(self) -> None:
+        super().__init__("no profile here; create one with `kluis init`")
+
+
+class UnknownContact(ClientError):
+    title = "Unknown contact"
+
+    def __init__(self) -> None:
+        super().__init__("no contact of that name")
+
+
+class ContactExists(ClientError):
+    title = "Contact exists"
+
+    def __init__(self) -> None:
+        super().__init__("a contact of that name exists already; choose another name")
+
+
+class ContactRevoked(ClientError):
+    """The contact revoked its account (panic passphrase or certificate): nothing reaches it."""
+
+    title = "Contact revoked"
+
+    def __init__(self) -> None:
+        super().__init__("the contact revoked its account; messages can no longer reach it")
+
+
+class IdentityChanged(ClientError):
+    """The contact's identity key changed; sending waits until the safety number is verified again."""
+
+    title = "Identity changed"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the contact's identity key changed: compare the safety number (`kluis verify NAME`) "
+            "and mark it verified before sending"
+        )
+
+
+class InviteRefused(ClientError):
+    title = "Invite refused"
+
+
+class ServerUnreachable(ClientError):
+    title = "Server unreachable"
+
+    def __init__(self) -> None:
+        super().__init__("the server cannot be reached")
+
+
+class ServerRefused(ClientError):
+    """The server refused a request; ``code`` names why (from the relay's error codes)."""
+
+    title = "Server refused"
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.code = code

@@ -37,14 +37,16 @@ from kluis.client.errors import StoreError, WrongProfileKey
 T = TypeVar("T")
 
 DB_NAME = "profile.db"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 """The newest schema delta this code writes (``schema/NNN_*.sql``)."""
-SCHEMA_COMPAT_VERSION = 1
+SCHEMA_COMPAT_VERSION = 2
 """The oldest code version that can still use a database written by this code."""
 PROFILE_KEY_SIZE = 32
 
 
 Direction = Literal["in", "out"]
+MessageKind = Literal["text", "timer"]
+MessageState = Literal["queued", "sent", "delivered", "failed", "received"]
 
 
 class SchemaTooNew(StoreError):
@@ -54,17 +56,91 @@ class SchemaTooNew(StoreError):
         self.supported = supported
 
 
-@dataclass(frozen=True)
-class StoredMessage:
+@dataclass(frozen=True, slots=True)
+class Contact:
+    """A contact row. ``sessions`` is the secret PeerSessions snapshot."""
+
     id: int
-    conversation: str
-    direction: Direction
-    body: bytes
-    sent_at: int
-    expires_at: int | None
+    name: str
+    account: bytes
+    identity: bytes
+    token: bytes
+    envelope_key: bytes | None
+    envelope_key_at: int
+    sessions: bytes | None
+    timer: int
+    verified: bool
+    identity_changed: bool
+    revoked: bool
+    created_at: int
 
     def __repr__(self) -> str:
-        return f"StoredMessage(id={self.id}, {self.direction}, {len(self.body)} bytes, ..)"
+        return f"Contact(id={self.id}, ..)"
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    """A message row; times in Unix milliseconds."""
+
+    id: int
+    contact_id: int
+    direction: Direction
+    kind: MessageKind
+    message_id: bytes
+    body: str
+    timer: int
+    sent_at: int
+    displayed_at: int | None
+    expires_at: int | None
+    state: MessageState
+
+    def __repr__(self) -> str:
+        return f"StoredMessage(id={self.id}, {self.direction}, {self.kind}, {self.state}, ..)"
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEntry:
+    id: int
+    contact_id: int
+    envelope_id: bytes
+    envelope: bytes
+    message_id: bytes | None
+
+    def __repr__(self) -> str:
+        return f"OutboxEntry(id={self.id}, {len(self.envelope)} bytes)"
+
+
+CONTACT_COLUMNS = (
+    "id, name, account, identity, token, envelope_key, envelope_key_at, sessions, timer, verified, "
+    "identity_changed, revoked, created_at"
+)
+MESSAGE_COLUMNS = (
+    "id, contact_id, direction, kind, message_id, body, timer, sent_at, displayed_at, expires_at, state"
+)
+
+
+def contact_from_row(row: Any) -> Contact:
+    return Contact(
+        row[0],
+        row[1],
+        bytes(row[2]),
+        bytes(row[3]),
+        bytes(row[4]),
+        None if row[5] is None else bytes(row[5]),
+        row[6],
+        None if row[7] is None else bytes(row[7]),
+        row[8],
+        bool(row[9]),
+        bool(row[10]),
+        bool(row[11]),
+        row[12],
+    )
+
+
+def _message(row: Any) -> StoredMessage:
+    return StoredMessage(
+        row[0], row[1], row[2], row[3], bytes(row[4]), row[5], row[6], row[7], row[8], row[9], row[10]
+    )
 
 
 def schema_deltas() -> list[tuple[int, str]]:
@@ -182,36 +258,71 @@ class ProfileStore:
     def delete(self, key: str) -> None:
         self.run_interaction("kv_delete", lambda c: c.execute("DELETE FROM kv WHERE key = ?", (key,)))
 
+    def read(self, fn: Callable[[Any], T]) -> T:
+        """Runs ``fn(connection)`` outside a write transaction (reads only)."""
+        try:
+            return fn(self._conn)
+        except sqlcipher3.Error as exc:
+            raise StoreError(f"read failed: {exc}") from exc
+
+    # -- contacts
+
+    def contacts(self) -> list[Contact]:
+        rows = self.read(
+            lambda c: c.execute(f"SELECT {CONTACT_COLUMNS} FROM contacts ORDER BY name").fetchall()  # noqa: S608 - constant column list
+        )
+        return [contact_from_row(r) for r in rows]
+
+    def contact_by_name(self, name: str) -> Contact | None:
+        return self._one_contact("name = ?", name)
+
+    def contact_by_account(self, account: bytes) -> Contact | None:
+        return self._one_contact("account = ?", account)
+
+    def contact_by_id(self, contact_id: int) -> Contact | None:
+        return self._one_contact("id = ?", contact_id)
+
+    def _one_contact(self, where: str, value: object) -> Contact | None:
+        row = self.read(
+            lambda c: c.execute(f"SELECT {CONTACT_COLUMNS} FROM contacts WHERE {where}", (value,)).fetchone()  # noqa: S608 - constant column list
+        )
+        return None if row is None else contact_from_row(row)
+
     # -- messages
 
-    def add_message(
-        self,
-        conversation: str,
-        direction: Direction,
-        body: bytes,
-        sent_at: int,
-        expires_at: int | None,
-    ) -> int:
-        def insert(c: Any) -> int:
-            cur = c.execute(
-                "INSERT INTO messages (conversation, direction, body, sent_at, expires_at) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (conversation, direction, body, sent_at, expires_at),
-            )
-            return int(cur.lastrowid)
+    def messages(self, contact_id: int) -> list[StoredMessage]:
+        """A conversation's messages still kept, in the order they were stored."""
+        rows = self.read(
+            lambda c: c.execute(
+                f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE contact_id = ? ORDER BY id",  # noqa: S608
+                (contact_id,),
+            ).fetchall()
+        )
+        return [_message(r) for r in rows]
 
-        return self.run_interaction("add_message", insert)
+    def undisplayed(self) -> list[StoredMessage]:
+        """Received messages not yet shown, oldest first."""
+        rows = self.read(
+            lambda c: c.execute(
+                f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE displayed_at IS NULL ORDER BY id"  # noqa: S608 - constant column list
+            ).fetchall()
+        )
+        return [_message(r) for r in rows]
 
-    def messages(self, conversation: str) -> list[StoredMessage]:
-        rows = self._conn.execute(
-            "SELECT id, conversation, direction, body, sent_at, expires_at FROM messages "
-            "WHERE conversation = ? ORDER BY id",
-            (conversation,),
-        ).fetchall()
-        return [StoredMessage(r[0], r[1], r[2], bytes(r[3]), r[4], r[5]) for r in rows]
+    def unread_counts(self) -> dict[int, int]:
+        rows = self.read(
+            lambda c: c.execute(
+                "SELECT contact_id, count(*) FROM messages WHERE displayed_at IS NULL GROUP BY contact_id"
+            ).fetchall()
+        )
+        return {int(r[0]): int(r[1]) for r in rows}
 
-    def delete_expired(self, now: int) -> int:
-        """Deletes every message whose ``expires_at <= now``; returns how many.
+    def next_expiry(self) -> int | None:
+        row = self.read(lambda c: c.execute("SELECT min(expires_at) FROM messages").fetchone())
+        return None if row is None or row[0] is None else int(row[0])
+
+    def delete_expired(self, now_ms: int) -> int:
+        """Deletes every message whose ``expires_at <= now_ms``; returns how many.
 
         secure_delete zeroes them inside the database pages before the commit returns.
         """
@@ -219,10 +330,23 @@ class ProfileStore:
             "delete_expired",
             lambda c: int(
                 c.execute(
-                    "DELETE FROM messages WHERE expires_at IS NOT NULL AND expires_at <= ?", (now,)
+                    "DELETE FROM messages WHERE expires_at IS NOT NULL AND expires_at <= ?", (now_ms,)
                 ).rowcount
             ),
         )
+
+    # -- outbox
+
+    def outbox(self) -> list[OutboxEntry]:
+        rows = self.read(
+            lambda c: c.execute(
+                "SELECT id, contact_id, envelope_id, envelope, message_id FROM outbox ORDER BY id"
+            ).fetchall()
+        )
+        return [
+            OutboxEntry(r[0], r[1], bytes(r[2]), bytes(r[3]), None if r[4] is None else bytes(r[4]))
+            for r in rows
+        ]
 
     def close(self) -> None:
         with contextlib.suppress(sqlcipher3.Error):
@@ -232,4 +356,4 @@ class ProfileStore:
         return f"ProfileStore({self.path.name}, ..)"
 
 
-__all__ = ["DB_NAME", "ProfileStore", "SchemaTooNew", "StoredMessage"]
+__all__ = ["DB_NAME", "Contact", "OutboxEntry", "ProfileStore", "SchemaTooNew", "StoredMessage"]
