@@ -47,14 +47,14 @@ class TestRoundTrip:
     def test_create_then_unlock(self, path: Path) -> None:
         key, _ = make(path)
         assert len(key) == 32
-        assert ks.unlock(path, "correct horse") == ks.Unlocked(key)
+        assert ks.unlock(path, "correct horse") == ks.Unlocked(key, None)
         assert path.stat().st_mode & 0o777 == 0o600
         assert path.stat().st_size == ks.FILE_SIZE
 
     def test_unicode_normalisation(self, path: Path) -> None:
         rng = DeterministicRng(b"nfc")
         key = ks.create(path, "caf\u00e9", rng, params=CHEAP)
-        assert ks.unlock(path, "cafe\u0301") == ks.Unlocked(key)
+        assert ks.unlock(path, "cafe\u0301") == ks.Unlocked(key, None)
 
     def test_create_refuses_existing_and_empty(self, path: Path) -> None:
         make(path)
@@ -66,10 +66,10 @@ class TestRoundTrip:
 
     def test_change_passphrase_keeps_key_and_duress(self, path: Path) -> None:
         key, rng = make(path)
-        ks.set_duress(path, "correct horse", "panic", rng)
+        duress_key = ks.set_duress(path, "correct horse", "panic", rng)
         ks.change_passphrase(path, "correct horse", "battery staple", rng)
-        assert ks.unlock(path, "battery staple") == ks.Unlocked(key)
-        assert ks.unlock(path, "panic") == ks.Duress()
+        assert ks.unlock(path, "battery staple") == ks.Unlocked(key, duress_key)
+        assert ks.unlock(path, "panic") == ks.Duress(duress_key)
         with pytest.raises(WrongPassphrase):
             ks.unlock(path, "correct horse")
 
@@ -98,11 +98,55 @@ class TestRoundTrip:
 
     def test_duress_can_be_replaced(self, path: Path) -> None:
         _, rng = make(path)
-        ks.set_duress(path, "correct horse", "panic", rng)
-        ks.set_duress(path, "correct horse", "panic2", rng)
-        assert ks.unlock(path, "panic2") == ks.Duress()
+        first = ks.set_duress(path, "correct horse", "panic", rng)
+        second = ks.set_duress(path, "correct horse", "panic2", rng)
+        assert first != second
+        assert ks.unlock(path, "panic2") == ks.Duress(second)
         with pytest.raises(WrongPassphrase):
             ks.unlock(path, "panic")
+
+
+class TestDuressKey:
+    """The duress key: handed to the duress unlock and, from the normal slot, to the normal unlock."""
+
+    def test_is_the_argon2_key_of_the_duress_passphrase(self, path: Path) -> None:
+        key, rng = make(path)
+        duress_key = ks.set_duress(path, "correct horse", "panic", rng)
+        file = ks.read(path)
+        assert duress_key == file.params.derive("panic", file.salt)
+        assert ks.unlock(path, "correct horse") == ks.Unlocked(key, duress_key)
+        assert ks.unlock(path, "panic") == ks.Duress(duress_key)
+
+    def test_before_write_sees_the_key_before_the_file_changes(self, path: Path) -> None:
+        _, rng = make(path)
+        before = path.read_bytes()
+        seen: list[tuple[bytes, bytes]] = []
+        duress_key = ks.set_duress(
+            path, "correct horse", "panic", rng, before_write=lambda k: seen.append((k, path.read_bytes()))
+        )
+        assert seen == [(duress_key, before)]
+
+    def test_before_write_failing_leaves_the_file(self, path: Path) -> None:
+        _, rng = make(path)
+        before = path.read_bytes()
+
+        def fail(key: bytes) -> None:
+            raise OSError("disk full")
+
+        with pytest.raises(OSError, match="disk full"):
+            ks.set_duress(path, "correct horse", "panic", rng, before_write=fail)
+        assert path.read_bytes() == before
+        with pytest.raises(WrongPassphrase):
+            ks.unlock(path, "panic")
+
+    def test_not_called_when_the_passphrases_are_refused(self, path: Path) -> None:
+        _, rng = make(path)
+        calls: list[bytes] = []
+        with pytest.raises(WrongPassphrase):
+            ks.set_duress(path, "wrong", "panic", rng, before_write=calls.append)
+        with pytest.raises(PassphraseRejected):
+            ks.set_duress(path, "correct horse", "correct horse", rng, before_write=calls.append)
+        assert calls == []
 
 
 class TestWrongPassphrase:
@@ -208,7 +252,7 @@ class TestAtomicWrite:
         monkeypatch.undo()
         assert path.read_bytes() == before
         assert sorted(p.name for p in path.parent.iterdir()) == ["keyslots"]
-        assert ks.unlock(path, "correct horse") == ks.Unlocked(key)
+        assert ks.unlock(path, "correct horse") == ks.Unlocked(key, None)
 
     def test_leftover_tmp_is_replaced(self, path: Path) -> None:
         path.with_name("keyslots.tmp").write_bytes(b"junk")
@@ -265,8 +309,10 @@ class TestParser:
 
 class TestReprs:
     def test_reprs_hide_keys(self, path: Path) -> None:
-        key, _ = make(path)
-        assert repr(ks.Unlocked(key)) == "Unlocked(..)"
+        key, rng = make(path)
+        duress_key = ks.set_duress(path, "correct horse", "panic", rng)
+        assert repr(ks.Unlocked(key, duress_key)) == "Unlocked(..)"
+        assert repr(ks.Duress(duress_key)) == "Duress(..)"
         text = repr(ks.read(path))
         assert text.endswith("..)")
         assert key.hex() not in text

@@ -12,6 +12,7 @@ import sqlcipher3
 from kluis.client import keyslots as ks
 from kluis.client import profile as pf
 from kluis.client.errors import ProfileExists, StoreError, WrongPassphrase, WrongProfileKey
+from kluis.client.panic import PanicInfo
 from kluis.client.store import DB_NAME, ProfileStore, SchemaTooNew
 from kluis.protocol.rng import DeterministicRng
 
@@ -171,24 +172,21 @@ class TestProfile:
         d = tmp_path / "p"
         rng = DeterministicRng(b"duress")
         p = pf.create_profile(d, "normal passphrase", rng, params=CHEAP)
-        p.store.add_message("alice", "in", SECRET_TEXT, 0, None)
+        p.store.put("note", SECRET_TEXT)
         p.close()
-        ks.set_duress(d / pf.KEYSLOTS_NAME, "normal passphrase", "duress passphrase", rng)
-        unlocked = ks.unlock(d / pf.KEYSLOTS_NAME, "normal passphrase")
-        assert isinstance(unlocked, ks.Unlocked)
-        profile_key = unlocked.profile_key
+        unlocked = pf.unlock(d, "normal passphrase")
+        assert isinstance(unlocked, pf.Profile)
+        info = PanicInfo("ws://127.0.0.1:8443", None, b"statement")
+        pf.set_duress(unlocked, "normal passphrase", "duress passphrase", info, rng)
+        unlocked.close()
+        slots = ks.unlock(d / pf.KEYSLOTS_NAME, "normal passphrase")
+        assert isinstance(slots, ks.Unlocked)
+        profile_key = slots.profile_key
         assert SECRET_TEXT not in all_bytes(tmp_path)
 
-        seen: list[bool] = []
-
-        def hook() -> None:
-            seen.append((d / pf.KEYSLOTS_NAME).exists())
-            raise RuntimeError("network down")  # swallowed
-
         started = time.monotonic()
-        assert pf.unlock(d, "duress passphrase", on_duress=hook) == pf.Wiped()
+        assert pf.unlock(d, "duress passphrase") == pf.Wiped(info)
         assert time.monotonic() - started < 1.0
-        assert seen == [False]  # the hook ran, after the key slots were gone
         assert not d.exists()
         remaining = all_bytes(tmp_path)
         for needle in (b"normal passphrase", b"duress passphrase", profile_key, SECRET_TEXT):
@@ -198,10 +196,11 @@ class TestProfile:
             pf.unlock(d, "normal passphrase")
         pf.create_profile(d, "new", DeterministicRng(b"new"), params=CHEAP).close()
 
-    def test_duress_without_hook(self, tmp_path: Path) -> None:
+    def test_duress_without_panic_info(self, tmp_path: Path) -> None:
+        # Duress set on the key slots alone: the panic file is still the filler, so no info.
         d = tmp_path / "p"
         rng = DeterministicRng(b"d2")
         pf.create_profile(d, "pw", rng, params=CHEAP).close()
         ks.set_duress(d / pf.KEYSLOTS_NAME, "pw", "panic", rng)
-        assert pf.unlock(d, "panic") == pf.Wiped()
+        assert pf.unlock(d, "panic") == pf.Wiped(None)
         assert not d.exists()

@@ -32,6 +32,10 @@ that passphrase is encrypted under ``K``. Unlocking runs Argon2id exactly once a
 AES-GCM on every slot, without stopping at a match, so unlocking costs the same (one Argon2id + four
 AES-GCM opens) whether the passphrase is the normal one, the duress one, or wrong.
 
+The duress key ``K`` itself is also handed out: to the duress unlock (:class:`Duress`), and to the
+normal unlock from the normal slot (:class:`Unlocked`), so that the panic file (panic.py), which
+only the duress passphrase must open, can be kept up to date by the normal user.
+
 Rewrites (:func:`set_duress`, :func:`change_passphrase`) need the normal passphrase. The normal slot
 holds the duress key, so every rewrite re-encrypts *every* used slot with fresh nonces at freshly
 shuffled positions and refills the unused ones: two copies of the file taken at different times
@@ -49,6 +53,7 @@ import contextlib
 import os
 import struct
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -169,17 +174,30 @@ class KeySlotFile:
 
 @dataclass(frozen=True, repr=False)
 class Unlocked:
-    """The normal passphrase: the profile key."""
+    """The normal passphrase: the profile key, and the duress key if a duress passphrase is set.
+
+    The duress key lets the normal user keep the panic file (panic.py) readable by the duress
+    passphrase without knowing that passphrase.
+    """
 
     profile_key: bytes
+    duress_key: bytes | None
 
     def __repr__(self) -> str:
         return "Unlocked(..)"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Duress:
-    """The duress passphrase: the caller must erase the profile."""
+    """The duress passphrase: the caller must erase the profile.
+
+    ``duress_key`` is the Argon2id key of the passphrase just entered; it opens the panic file.
+    """
+
+    duress_key: bytes
+
+    def __repr__(self) -> str:
+        return "Duress(..)"
 
 
 @dataclass(frozen=True, repr=False)
@@ -311,11 +329,12 @@ def unlock(path: Path, passphrase: str) -> Unlocked | Duress:
         KeySlotFormatError: the file is malformed.
     """
     file = read(path)
-    normal, duress = _open_all(file, file.params.derive(passphrase, file.salt))
+    key = file.params.derive(passphrase, file.salt)
+    normal, duress = _open_all(file, key)
     if normal is not None:
-        return Unlocked(normal.profile_key)
+        return Unlocked(normal.profile_key, normal.duress_key)
     if duress:
-        return Duress()
+        return Duress(key)
     raise WrongPassphrase
 
 
@@ -328,8 +347,20 @@ def _unlock_normal(file: KeySlotFile, passphrase: str) -> tuple[bytes, _Normal]:
     return key, normal
 
 
-def set_duress(path: Path, passphrase: str, duress_passphrase: str, rng: Rng) -> None:
-    """Adds (or replaces) the duress passphrase; the file keeps its size and layout.
+def set_duress(
+    path: Path,
+    passphrase: str,
+    duress_passphrase: str,
+    rng: Rng,
+    *,
+    before_write: Callable[[bytes], None] | None = None,
+) -> bytes:
+    """Adds (or replaces) the duress passphrase and returns its key; the file keeps its size and layout.
+
+    Args:
+        before_write: called with the new duress key once both passphrases are checked and before
+            the file is replaced; if it raises, the file is left as it was. profile.py writes the
+            panic file here, so the duress passphrase never exists without a panic file it can read.
 
     Raises:
         WrongPassphrase: ``passphrase`` is not the normal passphrase.
@@ -342,7 +373,10 @@ def set_duress(path: Path, passphrase: str, duress_passphrase: str, rng: Rng) ->
     if duress_key == key:
         raise PassphraseRejected(RejectReason.SAME_AS_NORMAL)
     new = _seal_file(file.params, file.salt, key, _Normal(normal.profile_key, duress_key), rng)
+    if before_write is not None:
+        before_write(duress_key)
     atomic_write(path, new.serialize())
+    return duress_key
 
 
 def change_passphrase(path: Path, passphrase: str, new_passphrase: str, rng: Rng) -> None:
