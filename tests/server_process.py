@@ -65,6 +65,8 @@ class ServerProcess:
         self.lines: list[str] = []
         """Everything the process printed, across restarts, one entry per line."""
         self.url = ""
+        self.port = 0
+        """0 until the first start; a restart listens on the same port (clients keep their URL)."""
         self._proc: subprocess.Popen[str] | None = None
         self._reader: threading.Thread | None = None
         self._announced = threading.Event()
@@ -93,7 +95,7 @@ class ServerProcess:
                 "--data",
                 str(self.data_dir),
                 "--listen",
-                "127.0.0.1:0",
+                f"127.0.0.1:{self.port}",
                 "--insecure-loopback",
             ],
             stdin=subprocess.DEVNULL,
@@ -110,6 +112,7 @@ class ServerProcess:
             if proc.poll() is not None or time.monotonic() > deadline:
                 self.kill()
                 raise RuntimeError("server did not start:\n" + "\n".join(self.lines[-20:]))
+        self.port = int(self.url.rsplit(":", 1)[1])
         return self.url
 
     def _end(self, signum: int) -> int:

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlcipher3
 
 from kluis.client import keyslots as ks
 from kluis.client import profile as pf
+from kluis.client import tables
 from kluis.client.errors import ProfileExists, StoreError, WrongPassphrase, WrongProfileKey
 from kluis.client.panic import PanicInfo
-from kluis.client.store import DB_NAME, ProfileStore, SchemaTooNew
+from kluis.client.store import DB_NAME, ProfileStore, SchemaTooNew, StoredMessage
 from kluis.protocol.rng import DeterministicRng
 
 CHEAP = ks.Argon2Params(memory_kib=8, iterations=1, lanes=1)
@@ -26,6 +29,41 @@ def all_bytes(root: Path) -> bytes:
     if not root.exists():
         return b""
     return b"".join(p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file())
+
+
+def add_message(
+    s: ProfileStore, name: str, direction: str, body: bytes, sent_at: int, expires_at: int | None
+) -> int:
+    """A message in ``name``'s conversation (the contact is made on first use); returns its row id."""
+
+    def write(c: Any) -> int:
+        row = c.execute("SELECT id FROM contacts WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            keys = tables.ContactKeys(name.encode().ljust(16, b"."), b"identity", b"token", b"key", 0, b"s")
+            contact_id = tables.insert_contact(c, keys, name=name, timer=30)
+        else:
+            contact_id = row[0]
+        tables.insert_message(
+            c,
+            contact_id,
+            direction=direction,
+            kind="text",
+            message_id=os.urandom(16),
+            body=body.decode(),
+            timer=30,
+            sent_at=sent_at,
+            displayed_at=sent_at,
+            expires_at=expires_at,
+            state="received" if direction == "in" else "sent",
+        )
+        return int(c.execute("SELECT max(id) FROM messages").fetchone()[0])
+
+    return s.run_interaction("add_message", write)
+
+
+def conversation(s: ProfileStore, name: str) -> list[StoredMessage]:
+    contact = s.contact_by_name(name)
+    return [] if contact is None else s.messages(contact.id)
 
 
 @pytest.fixture
@@ -42,31 +80,31 @@ class TestStore:
         s.put("identity", b"\x03")
         s.put("ring", b"r")
         s.delete("ring")
-        first = s.add_message("alice", "in", SECRET_TEXT, 100, 130)
-        s.add_message("alice", "out", b"ok", 101, None)
+        first = add_message(s, "alice", "in", SECRET_TEXT, 100, 130)
+        add_message(s, "alice", "out", b"ok", 101, None)
         s.close()
         s = ProfileStore.open(tmp_path, KEY)
         assert s.get("identity") == b"\x03"
         assert s.get("ring") is None
-        msgs = s.messages("alice")
+        msgs = conversation(s, "alice")
         assert [(m.id, m.direction, m.body, m.sent_at, m.expires_at) for m in msgs] == [
-            (first, "in", SECRET_TEXT, 100, 130),
-            (first + 1, "out", b"ok", 101, None),
+            (first, "in", SECRET_TEXT.decode(), 100, 130),
+            (first + 1, "out", "ok", 101, None),
         ]
-        assert s.messages("bob") == []
+        assert conversation(s, "bob") == []
         s.close()
 
     def test_expired_messages_are_deleted(self, store: ProfileStore) -> None:
-        store.add_message("alice", "in", b"a", 0, 30)
-        store.add_message("alice", "in", b"b", 0, 60)
-        store.add_message("alice", "in", b"c", 0, None)
+        add_message(store, "alice", "in", b"a", 0, 30)
+        add_message(store, "alice", "in", b"b", 0, 60)
+        add_message(store, "alice", "in", b"c", 0, None)
         assert store.delete_expired(30) == 1
-        assert [m.body for m in store.messages("alice")] == [b"b", b"c"]
+        assert [m.body for m in conversation(store, "alice")] == ["b", "c"]
         assert store.commits["delete_expired"] == 1
 
     def test_encrypted_at_rest(self, tmp_path: Path) -> None:
         s = ProfileStore.open(tmp_path, KEY)
-        s.add_message("alice", "in", SECRET_TEXT, 0, None)
+        add_message(s, "alice", "in", SECRET_TEXT, 0, None)
         s.put("identity-snapshot", b"kv-plaintext-marker")
         s.close()
         raw = all_bytes(tmp_path)
@@ -81,8 +119,8 @@ class TestStore:
         assert conn.execute("PRAGMA secure_delete").fetchone()[0] == 1
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
         assert conn.execute("PRAGMA cipher_memory_security").fetchone()[0] == "1"
-        assert conn.execute("SELECT version, compat_version FROM schema_version").fetchall() == [(1, 1)]
-        store.add_message("alice", "in", b"x", 0, 1)
+        assert conn.execute("SELECT version, compat_version FROM schema_version").fetchall() == [(2, 2)]
+        add_message(store, "alice", "in", b"x", 0, 1)
         store.delete_expired(5)
         # Between transactions the database is the only file: no WAL or journal keeps old pages.
         assert sorted(p.name for p in tmp_path.iterdir()) == [DB_NAME]
@@ -116,7 +154,7 @@ class TestStore:
         s.close()
         with pytest.raises(SchemaTooNew) as info:
             ProfileStore.open(tmp_path, KEY)
-        assert (info.value.compat, info.value.supported) == (9, 1)
+        assert (info.value.compat, info.value.supported) == (9, 2)
 
     def test_foreign_database_is_refused(self, tmp_path: Path) -> None:
         conn = sqlcipher3.connect(str(tmp_path / DB_NAME))
@@ -139,10 +177,11 @@ class TestStore:
             store.run_interaction("bad", lambda c: c.execute("SELECT * FROM missing"))
 
     def test_reprs_hide_contents(self, store: ProfileStore) -> None:
-        store.add_message("alice", "in", SECRET_TEXT, 0, None)
-        (msg,) = store.messages("alice")
+        add_message(store, "alice", "in", SECRET_TEXT, 0, None)
+        (msg,) = conversation(store, "alice")
         assert repr(store) == "ProfileStore(profile.db, ..)"
-        assert repr(msg) == f"StoredMessage(id={msg.id}, in, {len(SECRET_TEXT)} bytes, ..)"
+        assert repr(msg) == f"StoredMessage(id={msg.id}, in, text, received, ..)"
+        assert SECRET_TEXT.decode() not in repr(msg)
 
 
 class TestProfile:

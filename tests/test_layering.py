@@ -35,7 +35,8 @@ ALLOWED = {
     "relay": {"protocol", "relay"},
     "server": {"protocol", "relay", "server"},
     "client": {"protocol", "relay", "client"},
-    "cli": set(LAYER_ORDER) - {"tui"},
+    # The command line is the entry point: `kluis chat` starts the terminal app (tui never imports cli).
+    "cli": set(LAYER_ORDER),
     "tui": {"protocol", "relay", "client", "tui"},
 }
 

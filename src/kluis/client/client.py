@@ -360,7 +360,11 @@ class Client:
         )
         payload = sessions.encrypt(self.me.identity, bundle, ct.encode(hello), self.rng)
         envelope = seal(
-            bundle.bundle.envelope_key, bundle.bundle.identity, self.me.account, self.me.identity.public, payload
+            bundle.bundle.envelope_key,
+            bundle.bundle.identity,
+            self.me.account,
+            self.me.identity.public,
+            payload,
         )
         envelope_key = _signed_bytes(bundle.bundle.envelope_key)
 
@@ -420,7 +424,15 @@ class Client:
         )
         return sessions.serialize(), envelope
 
-    def _sendable(self, name: str) -> Contact:
+    def _invited(self, name: str) -> bool:
+        row = self.store.read(lambda c: c.execute("SELECT 1 FROM invites WHERE name = ?", (name,)).fetchone())
+        return row is not None
+
+    async def _sendable(self, name: str) -> Contact:
+        if self.store.contact_by_name(name) is None and self._invited(name):
+            # Someone may have accepted our invite under this name: their first message says so.
+            with contextlib.suppress(ServerUnreachable):
+                await self.sync()
         contact = self._contact(name)
         if contact.revoked:
             raise ContactRevoked()
@@ -430,9 +442,11 @@ class Client:
 
     async def send(self, name: str, text: str) -> SendOutcome:
         """Sends a text. Returns once the server stored it ("sent") or, when the server cannot be
-        reached, once it is queued for retry ("queued"). Raises UnknownContact, ContactRevoked,
-        IdentityChanged, or ValueError for an empty or oversized text."""
-        contact = self._sendable(name)
+        reached, once it is queued for retry ("queued"). Raises UnknownContact, ContactRevoked (also
+        when the server reports the revocation now; the message stays in the history as "failed"),
+        IdentityChanged, ClientError if the server refused it, ValueError for an empty or oversized
+        text."""
+        contact = await self._sendable(name)
         now = self.clock()
         message_id = self.rng(16)
         content = ct.Text(message_id, _ms(now), contact.timer, text)
@@ -460,13 +474,18 @@ class Client:
         self._notify_message(contact.id, "out", message_id)
         await self.flush()
         state = self._message_state(contact.id, message_id)
+        if state == "failed":
+            latest = self.store.contact_by_id(contact.id)
+            if latest is not None and latest.revoked:
+                raise ContactRevoked()
+            raise ClientError("the server refused the message (wrong delivery token or too large)")
         return SendOutcome(message_id.hex(), state)
 
     async def set_timer(self, name: str, seconds: int) -> None:
         """Sets the conversation's disappearing timer on both sides (announced in the conversation)."""
         if seconds and not ct.MIN_TIMER <= seconds <= ct.MAX_TIMER:
             raise ValueError("the timer must be off or between 5 seconds and 4 weeks")
-        contact = self._sendable(name)
+        contact = await self._sendable(name)
         now = self.clock()
         message_id = self.rng(16)
         sessions, envelope = self._encrypt_to(contact, ct.TimerChange(message_id, _ms(now), seconds))
