@@ -247,6 +247,12 @@ def _bench_envelope(alice: _Party, bob: _Party, samples: int, now: int) -> dict[
     }
 
 
+def full_path_floor_us(samples: int = 11) -> float:
+    """The primitive floor of one message's whole path (pad, ratchet, seal; open, decrypt)."""
+    now = int(time.time())
+    return _bench_envelope(_Party(now), _Party(now), samples, now)["full_path"].floor_us
+
+
 def run(samples: int = 31) -> dict[str, Any]:
     """Measures every figure of issue 2's benchmark; returns the JSON-ready result."""
     now = int(time.time())

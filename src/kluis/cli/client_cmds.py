@@ -219,7 +219,13 @@ def _print_messages(messages: list[Any], as_json: bool) -> None:
         else:
             stamp = time.strftime("%H:%M:%S", time.localtime(message.sent_at))
             arrow = "<-" if message.direction == "in" else "->"
-            click.echo(f"{stamp} {arrow} {message.contact}: {message.text}")
+            click.echo(f"{stamp} {arrow} {printable(message.contact)}: {printable(message.text)}")
+
+
+def printable(text: str) -> str:
+    """Text from another person, made safe for a terminal: control characters (escape sequences
+    that could rewrite the screen or the title) are shown as U+FFFD; newlines and tabs stay."""
+    return "".join(ch if ch in "\n\t" or (ch.isprintable() and ch != "\x7f") else "\ufffd" for ch in text)
 
 
 @click.command()

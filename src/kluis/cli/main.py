@@ -46,6 +46,17 @@ def bench_crypto(as_json: bool, samples: int) -> None:
     click.echo(json.dumps(result, indent=None if as_json else 2))
 
 
+@bench.command("client")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (the default output too).")
+@click.option("--samples", default=5, show_default=True, help="Profiles unlocked and erased (median).")
+@click.option("--messages", default=50, show_default=True, help="Texts sent through a loopback relay.")
+def bench_client(as_json: bool, samples: int, messages: int) -> None:
+    """Unlock and duress-erase with the real Argon2id parameters, and one text through the SDK."""
+    from kluis.bench.client import run
+
+    click.echo(json.dumps(run(samples=samples, messages=messages), indent=None if as_json else 2))
+
+
 @cli.command()
 def demo() -> None:
     """Two parties talk through the protocol in memory, showing what a server would see."""

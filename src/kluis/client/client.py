@@ -1000,6 +1000,8 @@ class Client:
                     while not (closed.done() or stopped.done()):
                         await asyncio.wait({closed, stopped}, timeout=self._tick())
                         self.expire()
+                        if self.store.outbox():
+                            self._schedule_flush()  # the server asked us to retry (busy, storage)
                 finally:
                     closed.cancel()
                     stopped.cancel()
