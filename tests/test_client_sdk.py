@@ -226,3 +226,55 @@ def test_invite_is_single_use_and_wrong_passphrase(tmp_path: Path) -> None:
         await again.close()
 
     run(scenario())
+
+
+def test_keys_rotate_and_replenish_while_talking(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        import kluis.client.client as client_module
+
+        codes = await add_codes(tmp_path / "server", 3)
+        clock = Clock()
+        async with running_server(tmp_path / "server") as server:
+            alice = await make(tmp_path, "alice", server.url, codes[0], clock)
+            bob = await make(tmp_path, "bob", server.url, codes[1], clock)
+            await connect(alice, bob)
+            first_key = alice.me.ring.current.key_id
+            first_signed = alice.me.prekeys.current_signed_prekey().key_id
+            # Eight days on: Alice's next connection rotates her envelope key and signed prekey,
+            # publishes them, and tells Bob inside the ratchet (KEYS).
+            clock.offset += 8 * 86400
+            await alice.sync()
+            assert alice.me.ring.current.key_id == first_key + 1
+            assert alice.me.prekeys.current_signed_prekey().key_id != first_signed
+            await bob.sync()
+            await bob.send("alice", "after the rotation")
+            await alice.sync()
+            assert [m.text for m in alice.take_new()] == ["after the rotation"]
+            # Past the grace period the old key is erased; Bob seals to the new one anyway.
+            clock.offset += 3 * 86400
+            await alice.sync()
+            assert alice.me.ring.key_ids() == [first_key + 1]
+            await bob.send("alice", "still readable")
+            await alice.sync()
+            assert [m.text for m in alice.take_new()] == ["still readable"]
+            # The directory runs low on one-time keys (8 left, under the server's watermark of 10):
+            # the server pushes KEY_STOCK on the open connection and Alice uploads a new batch.
+            for _ in range(client_module.ONE_TIME_BATCH - 8):
+                await server.http.bundle(alice.me.account, alice.me.token)
+            await until(lambda: min(alice.last_stock or (0, 0)) > client_module.ONE_TIME_BATCH)
+            await asyncio.sleep(0.3)
+            stock = alice.last_stock
+            assert stock is not None
+            assert stock[0] == stock[1] < 10 + client_module.ONE_TIME_BATCH  # one batch, not one per push
+            await alice.close()
+            # Everything survives a restart: the new keys were stored before they were uploaded.
+            again = Client.open(tmp_path / "alice", "pw-alice", clock=clock)
+            assert isinstance(again, Client)
+            await again.sync()
+            # (Fetches above the watermark are not reported: the count may be lower by those.)
+            assert again.last_stock is not None
+            assert client_module.ONE_TIME_BATCH < again.last_stock[0] <= stock[0]
+            for client in (again, bob):
+                await client.close()
+
+    run(scenario())

@@ -74,6 +74,8 @@ SIGNED_PREKEYS_KEPT = 2
 SEEN_RETENTION = 14 * 86400
 """How long envelope ids are remembered: past the server's retention (7 days by default)."""
 MAX_DELIVERED_IDS = 256
+MAINTENANCE_PERIOD = 3600
+"""How often a long-running client checks whether a key is due for rotation."""
 
 MessageState = Literal["queued", "sent", "delivered", "failed", "received"]
 
@@ -174,6 +176,8 @@ class Client:
         self._flush_lock = asyncio.Lock()
         self._flush_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._keys_lock = asyncio.Lock()
+        self._maintained_at = clock()
         self._listeners: list[Callable[[Event], None]] = []
         self.last_stock: tuple[int, int] | None = None
 
@@ -550,7 +554,8 @@ class Client:
             self._drained.clear()
             self._send_pass = None
             auth = await link.open_mailbox(self.me.identity, self.me.account, self._on_frame)
-            await self._maintain_keys(auth.one_time_left, auth.kem_left)
+            self.last_stock = (auth.one_time_left, auth.kem_left)
+            await self._maintain_keys()
         return link
 
     async def sync(self) -> None:
@@ -558,6 +563,7 @@ class Client:
 
         Raises ServerUnreachable / ServerRefused (e.g. revoked)."""
         link = await self._connected_link()
+        await self._maintain_keys()  # a long-lived connection also rotates on time
         drained = asyncio.create_task(self._drained.wait())
         closed = asyncio.create_task(link.closed.wait())
         try:
@@ -646,7 +652,8 @@ class Client:
         elif isinstance(frame, f.KeyStock):
             self.last_stock = (frame.one_time_left, frame.kem_left)
             if min(frame.one_time_left, frame.kem_left) < LOW_STOCK:
-                await self._replenish()
+                # Another task: the reader must not wait for the upload's reply it has to read.
+                _ = self._background(self._maintain_quietly())
 
     async def _link_send(self, frame: f.Frame) -> None:
         if self._link is not None:
@@ -669,8 +676,14 @@ class Client:
 
     # -- keys -----------------------------------------------------------------------------------
 
-    async def _maintain_keys(self, one_time_left: int, kem_left: int) -> None:
+    async def _maintain_keys(self) -> None:
         """Uploads what the directory lacks, rotates the signed prekey and the envelope key when due."""
+        async with self._keys_lock:
+            # last_stock follows every KEY_STOCK in arrival order (the reply to our upload too).
+            one_time_left, kem_left = self.last_stock or (ONE_TIME_BATCH, ONE_TIME_BATCH)
+            await self._maintain_keys_locked(one_time_left, kem_left)
+
+    async def _maintain_keys_locked(self, one_time_left: int, kem_left: int) -> None:
         me, now = self.me, int(self.clock())
         upload_all = self.store.get("keys_uploaded") != b"1"
         signed = last_resort = None
@@ -719,15 +732,9 @@ class Client:
         if upload_all:
             self.store.put("keys_uploaded", b"1")
 
-    async def _replenish(self) -> None:
-        """Reacts to KEY_STOCK pushed by the server (another task; the reader must not wait)."""
-        stock = self.last_stock
-        if stock is not None:
-            _ = self._background(self._replenish_now(*stock))
-
-    async def _replenish_now(self, one_time_left: int, kem_left: int) -> None:
+    async def _maintain_quietly(self) -> None:
         with contextlib.suppress(ClientError):
-            await self._maintain_keys(one_time_left, kem_left)
+            await self._maintain_keys()
 
     # -- receiving ------------------------------------------------------------------------------
 
@@ -1000,6 +1007,9 @@ class Client:
                     while not (closed.done() or stopped.done()):
                         await asyncio.wait({closed, stopped}, timeout=self._tick())
                         self.expire()
+                        if self.clock() - self._maintained_at > MAINTENANCE_PERIOD:
+                            self._maintained_at = self.clock()
+                            _ = self._background(self._maintain_quietly())
                         if self.store.outbox():
                             self._schedule_flush()  # the server asked us to retry (busy, storage)
                 finally:

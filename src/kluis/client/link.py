@@ -101,7 +101,10 @@ class RelayLink:
                     waiter = waiters.pop(0)
                     if not waiter.done():
                         waiter.set_result(frame)
-                    continue
+                    if not isinstance(frame, f.KeyStock):
+                        continue
+                # KEY_STOCK is both a reply (to UPLOAD_KEYS) and a push (stock low), and the two are
+                # indistinguishable: the owner sees every one, in the order the server sent them.
                 await on_frame(frame)
         except RelayClientError as error:
             self.close_reason = refused(error) if error.code != "closed" else ServerUnreachable()
