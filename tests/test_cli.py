@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from click.testing import CliRunner
 
 from kluis.cli.main import cli
@@ -19,12 +20,25 @@ EXPECTED_KEYS = {
 }
 
 
-def test_demo_shows_both_sides_reading() -> None:
+def test_demo_command_runs_the_demo_and_reports_a_failed_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The demo itself (a real relay, about 7 s) runs in tests/test_cli_demo.py; this is the command.
+    from kluis.cli import demo
+
+    def fine(echo: demo.Echo) -> None:
+        echo("Bob reads it", nl=False)
+        echo(".")
+
+    monkeypatch.setattr(demo, "run_demo", fine)
     result = CliRunner().invoke(cli, ["demo"])
-    assert result.exit_code == 0, result.output
-    assert "Bob reads: 'Hello Bob, this is Alice.'" in result.output
-    assert "Alice reads: 'Yes, ten works.'" in result.output
-    assert "match: True" in result.output
+    assert (result.exit_code, result.output) == (0, "Bob reads it.\n")
+
+    def failing(echo: demo.Echo) -> None:
+        raise demo.DemoFailed("the safety numbers differ")
+
+    monkeypatch.setattr(demo, "run_demo", failing)
+    result = CliRunner().invoke(cli, ["demo"])
+    assert result.exit_code == 1
+    assert "demo check failed: the safety numbers differ" in result.output
 
 
 def test_bench_crypto_prints_one_json_object_with_every_figure() -> None:

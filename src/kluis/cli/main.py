@@ -59,10 +59,16 @@ def bench_client(as_json: bool, samples: int, messages: int) -> None:
 
 @cli.command()
 def demo() -> None:
-    """Two parties talk through the protocol in memory, showing what a server would see."""
-    from kluis.cli.demo import run_demo
+    """Alice and Bob talk through a real relay on loopback; shows what the relay and disk hold.
 
-    run_demo(click.echo)
+    Runs in a temporary directory that is removed at the end (about 7 seconds).
+    """
+    from kluis.cli.demo import DemoFailed, run_demo
+
+    try:
+        run_demo(click.echo)
+    except DemoFailed as error:
+        raise click.ClickException(f"demo check failed: {error}") from None
 
 
 bench.add_command(bench_relay)
