@@ -219,7 +219,8 @@ def _print_messages(messages: list[Any], as_json: bool) -> None:
         else:
             stamp = time.strftime("%H:%M:%S", time.localtime(message.sent_at))
             arrow = "<-" if message.direction == "in" else "->"
-            click.echo(f"{stamp} {arrow} {printable(message.contact)}: {printable(message.text)}")
+            state = "" if message.direction == "in" else f"  [{message.state}]"
+            click.echo(f"{stamp} {arrow} {printable(message.contact)}: {printable(message.text)}{state}")
 
 
 def printable(text: str) -> str:
