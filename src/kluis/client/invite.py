@@ -19,16 +19,14 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 import ipaddress
 import math
 import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-import segno
-
 from kluis.client.errors import ProfileError
+from kluis.client.qr import qr_text
 from kluis.protocol._codec import Reader, Writer
 from kluis.protocol.errors import BadSignature, DecodeError, UnsupportedVersion
 from kluis.protocol.keys import IdentityPublicKey
@@ -200,14 +198,8 @@ class Invite:
         return cls.from_bytes(body)
 
     def qr_text(self) -> str:
-        """The URI as a QR code (error correction M) drawn with Unicode half blocks, no ANSI escapes.
-
-        segno's compact writer draws light modules as blocks and dark ones as blanks, which reads
-        correctly on the usual light-on-dark terminal.
-        """
-        out = io.StringIO()
-        segno.make_qr(self.to_uri(), error="m").terminal(out=out, compact=True)
-        return out.getvalue()
+        """The URI as a QR code for the terminal (kluis.client.qr)."""
+        return qr_text(self.to_uri())
 
     def __repr__(self) -> str:
         return "Invite(..)"
