@@ -41,14 +41,15 @@ from kluis.client.errors import (
     IdentityChanged,
     InviteRefused,
     NoProfile,
+    ProfileExists,
     ServerRefused,
     ServerUnreachable,
     UnknownContact,
 )
-from kluis.client.invite import Invite
+from kluis.client.invite import Invite, check_server
 from kluis.client.keyslots import DEFAULT_ARGON2, Argon2Params
-from kluis.client.link import RelayLink
-from kluis.client.profile import Profile, Wiped, create_profile, unlock
+from kluis.client.link import NETWORK_ERRORS, RelayLink
+from kluis.client.profile import KEYSLOTS_NAME, Profile, Wiped, create_profile, unlock
 from kluis.client.store import Contact, ProfileStore, StoredMessage
 from kluis.client.transport import RelayClientError
 from kluis.protocol.bundle import PreKeyBundle
@@ -199,14 +200,17 @@ class Client:
         """Creates the profile, registers with an activation code and publishes the keys.
 
         The keys are made here and never leave the device; the server gets public keys and the
-        hash of the delivery token. Raises ServerUnreachable / ServerRefused (e.g. a used code;
-        then the new profile directory is removed again) or a ProfileError.
+        hash of the delivery token. Raises ServerUnreachable / ServerRefused (e.g. a used code:
+        then nothing was written), ProfileExists (checked before the code is spent), ValueError
+        (a server URL that is not wss:// with a fingerprint, or ws:// on loopback), or a
+        ProfileError.
         """
         import hashlib
 
         server_url = server_url.rstrip("/")
-        if not server_url.startswith(("ws://", "wss://")):
-            raise ClientError("the server URL must start with wss:// (or ws:// for a loopback test server)")
+        check_server(server_url, fingerprint)
+        if (directory / KEYSLOTS_NAME).exists():
+            raise ProfileExists()
         identity = IdentityKeyPair.generate(rng)
         token = rng(32)
         async with RelayLink(server_url, fingerprint) as link:
@@ -217,9 +221,7 @@ class Client:
                 )
             except RelayClientError as error:
                 raise ServerRefused(str(error), error.code) from None
-            except (TimeoutError, OSError, Exception) as error:
-                if isinstance(error, ClientError):
-                    raise
+            except NETWORK_ERRORS:
                 raise ServerUnreachable() from None
         now = int(clock())
         profile = create_profile(directory, passphrase, rng, params=argon2)
