@@ -928,9 +928,10 @@ class Client:
 
     # -- display and expiry ---------------------------------------------------------------------
 
-    def take_new(self) -> list[Message]:
-        """Received messages not shown yet, oldest first; marks them shown and starts their timers."""
-        rows = self.store.undisplayed()
+    def take_new(self, name: str | None = None) -> list[Message]:
+        """Received messages not shown yet (of the conversation ``name``, or all), oldest first;
+        marks them shown and starts their timers."""
+        rows = self.store.undisplayed(None if name is None else self._contact(name).id)
         if not rows:
             return []
         now = _ms(self.clock())
@@ -1022,10 +1023,12 @@ class Client:
             except ServerRefused as error:
                 if error.code in ("revoked", "auth_failed"):
                     raise
-            if stop.is_set():
-                break
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(stop.wait(), delay)
+            # Disconnected: wait before the next attempt, still expiring messages on time.
+            deadline = self.clock() + delay
+            while not stop.is_set() and self.clock() < deadline:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), min(self._tick(), max(0.0, deadline - self.clock())))
+                self.expire()
             delay = min(delay * 2, 30.0)
             if self._link is not None:
                 await self._link.close_mailbox()

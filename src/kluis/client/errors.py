@@ -136,8 +136,8 @@ class IdentityChanged(ClientError):
 
     def __init__(self) -> None:
         super().__init__(
-            "the contact's identity key changed: compare the safety number (`kluis verify NAME`) "
-            "and mark it verified before sending"
+            "the contact's identity key changed: compare the new safety number and mark it verified "
+            "before sending"
         )
 
 

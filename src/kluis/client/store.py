@@ -151,7 +151,9 @@ def schema_deltas() -> list[tuple[int, str]]:
 def _connect(path: Path, profile_key: bytes) -> Any:
     # Owner-only before SQLite creates it; the rollback journal copies the database file's mode.
     os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
-    conn = sqlcipher3.connect(str(path), isolation_level=None)
+    # check_same_thread off: a profile may be opened in a worker thread (Argon2id takes ~0.4 s) and then
+    # used from the event loop's thread. A ProfileStore is still used by one thread at a time.
+    conn = sqlcipher3.connect(str(path), isolation_level=None, check_same_thread=False)
     try:
         # Quiet: a wrong key is reported as WrongProfileKey, not as SQLCipher's log lines on stderr.
         conn.execute("PRAGMA cipher_log_level = NONE")
@@ -300,11 +302,13 @@ class ProfileStore:
         )
         return [_message(r) for r in rows]
 
-    def undisplayed(self) -> list[StoredMessage]:
-        """Received messages not yet shown, oldest first."""
+    def undisplayed(self, contact_id: int | None = None) -> list[StoredMessage]:
+        """Received messages not yet shown (of one conversation, or all), oldest first."""
+        where, args = ("AND contact_id = ?", (contact_id,)) if contact_id is not None else ("", ())
         rows = self.read(
             lambda c: c.execute(
-                f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE displayed_at IS NULL ORDER BY id"  # noqa: S608 - constant column list
+                f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE displayed_at IS NULL {where} ORDER BY id",  # noqa: S608 - constant column list
+                args,
             ).fetchall()
         )
         return [_message(r) for r in rows]

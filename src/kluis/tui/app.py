@@ -4,9 +4,8 @@ Screens, in the order a session meets them: :class:`UnlockScreen` (or :class:`No
 there is no profile), :class:`MainScreen` with its dialogs, and :class:`NoProfileScreen` again after
 the panic key or the duress passphrase, identical to what a device that never had a profile shows.
 
-Unlocking blocks the event loop for the Argon2id derivation (about 0.4 s with the default cost):
-the SDK's database connection belongs to the thread that opened it, so ``Client.open`` cannot run in
-a worker thread. The screen paints "Unlocking…" first.
+Unlocking runs ``Client.open`` (one Argon2id derivation, about 0.4 s with the default cost) in a
+worker thread, so the screen keeps painting "Unlocking…".
 """
 
 from __future__ import annotations
@@ -100,7 +99,7 @@ class KluisApp(App[None]):
         screen.busy()
         await self._painted()
         try:
-            opened = self._factory(self.profile_dir, passphrase)
+            opened = await asyncio.to_thread(self._factory, self.profile_dir, passphrase)
         except NoProfile:
             await self._show_only(NoProfileScreen())
             return

@@ -1,10 +1,8 @@
 """The main screen: conversations on the left, the open conversation and the composer on the right.
 
 Display and timers: the SDK starts a received message's timer when :meth:`Client.take_new` hands
-it out, and ``take_new`` takes every unread message of every conversation at once. The screen calls
-it only when a conversation is opened or gets new messages while open; what it returns for *other*
-conversations counts as displayed from then on (its timer runs), so this screen keeps showing those
-as unread in the list (``_taken``) until their conversation is opened or they expire.
+it out. The screen takes the open conversation's new messages only (``take_new(name)``), when it is
+opened or gets new messages while open; other conversations keep theirs unread, timers not started.
 """
 
 from __future__ import annotations
@@ -21,7 +19,7 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import Footer, Input, Static
 
-from kluis.client.client import Client, ContactInfo, Event, Message
+from kluis.client.client import Client, ContactInfo, Event
 from kluis.client.errors import ClientError
 from kluis.tui.format import conversation_title
 from kluis.tui.screens.dialog import error_text
@@ -50,8 +48,6 @@ class MainScreen(Screen[None]):
         super().__init__()
         self.client = client
         self.open_name: str | None = None
-        self._taken: dict[tuple[str, str], Message] = {}
-        """Messages of other conversations that take_new() handed out: shown as unread until opened."""
         self._unsubscribe: list[Callable[[], None]] = []
         self._refresh_scheduled = False
 
@@ -106,14 +102,11 @@ class MainScreen(Screen[None]):
             self.query_one("#chat").border_title = conversation_title(info)
 
     def _take_new(self) -> None:
-        for message in self.client.take_new():
-            if message.contact != self.open_name:
-                self._taken[(message.contact, message.id)] = message
+        if self.open_name is not None:
+            self.client.take_new(self.open_name)
 
     def _show_contacts(self, contacts: list[ContactInfo], now: float) -> None:
-        self._taken = {key: m for key, m in self._taken.items() if m.expires_at is None or m.expires_at > now}
-        unread = Counter(c.name for c in contacts for _ in range(c.unread))
-        unread.update(contact for contact, _ in self._taken)
+        unread = Counter({c.name: c.unread for c in contacts if c.unread})
         self.query_one(ContactList).show(contacts, unread)
         if self.open_name is None:
             self.query_one("#hint", Static).update(NO_CONVERSATION if contacts else NO_CONTACTS)
@@ -129,15 +122,12 @@ class MainScreen(Screen[None]):
         if await self.query_one(ConversationView).tick(now):
             # Gone from the screen; the SDK deletes them too (run() does only while connected).
             self.client.expire()
-        if any(m.expires_at is not None and m.expires_at <= now for m in self._taken.values()):
-            self._show_contacts(self.client.contacts(), now)
 
     # -- the conversation -----------------------------------------------------------------------
 
     @on(ContactList.Opened)
     async def open_conversation(self, event: ContactList.Opened) -> None:
         self.open_name = event.name
-        self._taken = {key: m for key, m in self._taken.items() if key[0] != event.name}
         self.query_one("#hint").display = False
         await self.query_one(ConversationView).clear()
         composer = self.query_one("#composer", Input)
