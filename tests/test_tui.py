@@ -408,3 +408,14 @@ def test_panic_key_on_the_unlock_screen(tmp_path: Path) -> None:
                 assert not profile.exists()
 
     asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def test_message_text_cannot_drive_the_terminal() -> None:
+    from kluis.client.client import Message
+    from kluis.tui.format import message_line
+
+    hostile = "\x1b]0;pwned\x07\x1b[2Jhi\u202eevil"
+    line = message_line(Message("bob\x1b[31m", "in", "text", "00", hostile, 0.0, 0, "received", None), 0.0)
+    assert "\x1b" not in line.plain
+    assert "\u202e" not in line.plain
+    assert "hi" in line.plain

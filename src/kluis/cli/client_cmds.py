@@ -213,6 +213,8 @@ async def send(client: Any, name: str, text: str) -> None:
 def _print_messages(messages: list[Any], as_json: bool) -> None:
     import time
 
+    from kluis.client.display import printable
+
     for message in messages:
         if as_json:
             click.echo(json.dumps(message.to_json()))
@@ -221,12 +223,6 @@ def _print_messages(messages: list[Any], as_json: bool) -> None:
             arrow = "<-" if message.direction == "in" else "->"
             state = "" if message.direction == "in" else f"  [{message.state}]"
             click.echo(f"{stamp} {arrow} {printable(message.contact)}: {printable(message.text)}{state}")
-
-
-def printable(text: str) -> str:
-    """Text from another person, made safe for a terminal: control characters (escape sequences
-    that could rewrite the screen or the title) are shown as U+FFFD; newlines and tabs stay."""
-    return "".join(ch if ch in "\n\t" or (ch.isprintable() and ch != "\x7f") else "\ufffd" for ch in text)
 
 
 @click.command()

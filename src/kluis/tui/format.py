@@ -8,6 +8,7 @@ import time
 from rich.text import Text
 
 from kluis.client.client import ContactInfo, Message, MessageState
+from kluis.client.display import printable
 from kluis.client.durations import format_timer
 
 STATE_MARKS: dict[MessageState, str] = {
@@ -61,14 +62,14 @@ def message_line(message: Message, now: float) -> Text:
     line.append(" ")
     if message.kind == "timer":
         who = "You" if message.direction == "out" else message.contact
-        line.append(f"{who} set {message.text}", style="italic dim")
+        line.append(f"{printable(who)} set {message.text}", style="italic dim")
     else:
         if message.direction == "out":
             line.append("You", style="bold green")
         else:
-            line.append(message.contact, style="bold cyan")
+            line.append(printable(message.contact), style="bold cyan")
         line.append(": ")
-        line.append(message.text)
+        line.append(printable(message.text))
     mark = STATE_MARKS[message.state] if message.direction == "out" else ""
     if mark:
         line.append(f"  {mark}", style="bold red" if message.state == "failed" else "dim")
@@ -89,7 +90,7 @@ def contact_prompt(info: ContactInfo, unread: int) -> Text:
         line.append(f"{VERIFIED_MARK} ", style="bold green")
     else:
         line.append("  ")
-    line.append(info.name, style="strike dim" if info.revoked else "bold" if unread else "")
+    line.append(printable(info.name), style="strike dim" if info.revoked else "bold" if unread else "")
     if unread:
         line.append(f" ({unread})", style="bold yellow")
     return line
