@@ -158,6 +158,8 @@ def test_timers_expire_on_both_sides_and_in_the_database(tmp_path: Path, server:
     assert alice.message_rows() == 0
     assert bob.message_rows() == 0
     assert "off" in alice.ok("timer", "bob", "off")
+    assert "default timer: 1h" in alice.ok("timer", "--default", "1h")
+    assert "NAME DURATION" in alice.fails("timer", "bob")
 
 
 def test_duress_passphrase_wipes_and_revokes(tmp_path: Path, server: ServerProcess) -> None:

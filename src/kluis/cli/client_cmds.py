@@ -267,21 +267,24 @@ async def history(client: Any, name: str, as_json: bool) -> None:
 
 
 @click.command()
-@click.argument("name", required=False)
-@click.argument("duration")
-@click.option("--default", "as_default", is_flag=True, help="Set the default for new conversations.")
+@click.argument("args", nargs=-1, metavar="NAME DURATION|off")
+@click.option("--default", "default", metavar="DURATION", help="Set the timer new conversations start with.")
 @with_client
-async def timer(client: Any, name: str | None, duration: str, as_default: bool) -> None:
+async def timer(client: Any, args: tuple[str, ...], default: str | None) -> None:
     """Sets the disappearing-message timer of NAME (5s..4w, or off); announced to both sides."""
     from kluis.client.durations import format_timer, parse_timer
 
-    seconds = parse_timer(duration)
-    if as_default:
+    if default is not None:
+        if args:
+            raise click.UsageError("give either NAME DURATION or --default DURATION")
+        seconds = parse_timer(default)
         client.set_default_timer(seconds)
         click.echo(f"default timer: {format_timer(seconds)}")
         return
-    if name is None:
-        raise click.UsageError("give a contact NAME, or --default")
+    if len(args) != 2:
+        raise click.UsageError("expected NAME DURATION (e.g. kluis timer bob 5m), or --default DURATION")
+    name, duration = args
+    seconds = parse_timer(duration)
     await client.set_timer(name, seconds)
     click.echo(f"{name}: disappearing messages {format_timer(seconds)}")
 

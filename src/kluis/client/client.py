@@ -1008,7 +1008,9 @@ class Client:
                 stopped = asyncio.create_task(stop.wait())
                 try:
                     while not (closed.done() or stopped.done()):
-                        await asyncio.wait({closed, stopped}, timeout=self._tick())
+                        await asyncio.wait(
+                            {closed, stopped}, timeout=self._tick(), return_when=asyncio.FIRST_COMPLETED
+                        )
                         self.expire()
                         if self.clock() - self._maintained_at > MAINTENANCE_PERIOD:
                             self._maintained_at = self.clock()
