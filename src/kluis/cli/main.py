@@ -79,4 +79,17 @@ for _command in COMMANDS:
 
 
 def main() -> None:
-    cli()
+    """The ``kluis`` entry point: every error, usage errors included, is one line on stderr."""
+    try:
+        code = cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Aborted!", err=True)
+        raise SystemExit(1) from None
+    except click.UsageError as error:
+        hint = f" (see: {error.ctx.command_path} --help)" if error.ctx is not None else ""
+        click.echo(f"Error: {error.format_message()}{hint}", err=True)
+        raise SystemExit(error.exit_code) from None
+    except click.ClickException as error:
+        click.echo(f"Error: {error.format_message()}", err=True)
+        raise SystemExit(error.exit_code) from None
+    raise SystemExit(code if isinstance(code, int) else 0)
