@@ -200,6 +200,16 @@ def test_revocation_certificate_from_another_machine(tmp_path: Path, server: Ser
     cert = tmp_path / "alice.revocation"
     alice.ok("revocation-cert", "export", str(cert))
     assert cert.stat().st_mode & 0o777 == 0o600
+    # The certificate written at init (Ed25519 is deterministic) is the same one.
+    (carol,) = [User(tmp_path, "carol", "pw carol")]
+    code = admin_codes(server.data_dir, 1)[0]
+    carol_cert = tmp_path / "carol.revocation"
+    assert "written" in carol.ok(
+        "init", "--server", server.url, "--code", code, "--revocation-cert", str(carol_cert)
+    )
+    exported = tmp_path / "carol.again"
+    carol.ok("revocation-cert", "export", str(exported))
+    assert carol_cert.read_text() == exported.read_text()
     stranger = User(tmp_path, "elsewhere", "unused")
     out = stranger.ok("revoke", "--certificate", str(cert), "--server", server.url)
     assert "revoked" in out

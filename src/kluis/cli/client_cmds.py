@@ -132,8 +132,17 @@ def with_client(fn: Callable[..., Awaitable[T]]) -> Callable[..., T]:
 @click.option("--code", required=True, help="An activation code from the provider.")
 @click.option("--server-fingerprint", default=None, help="The relay certificate's SHA-256 (pinned).")
 @click.option("--duress/--no-duress", default=False, help="Also set a duress passphrase now.")
+@click.option(
+    "--revocation-cert",
+    "cert_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write the revocation certificate to FILE (keep it offline).",
+)
 @user_errors
-def init(server_url: str, code: str, server_fingerprint: str | None, duress: bool) -> None:
+def init(
+    server_url: str, code: str, server_fingerprint: str | None, duress: bool, cert_file: Path | None
+) -> None:
     """Creates a profile: keys made here, account registered with CODE, keys published."""
     from kluis.client.account import parse_fingerprint
     from kluis.client.client import Client
@@ -152,12 +161,17 @@ def init(server_url: str, code: str, server_fingerprint: str | None, duress: boo
         try:
             if duress:
                 _set_duress(client, secret, passphrase("Duress passphrase", confirm=True, env=DURESS_ENV))
+            if cert_file is not None:
+                _write_certificate(client, cert_file)
         finally:
             await client.close()
 
     run(main())
     click.echo(f"profile created in {directory}")
-    click.echo("export a revocation certificate now and keep it offline: kluis revocation-cert export FILE")
+    if cert_file is None:
+        click.echo("export a revocation certificate and keep it offline: kluis revocation-cert export FILE")
+    else:
+        click.echo(f"revocation certificate written to {cert_file}: keep it offline")
 
 
 def _set_duress(client: Any, secret: str, duress_secret: str) -> None:
@@ -401,13 +415,17 @@ def revocation_cert() -> None:
 @with_client
 async def revocation_export(client: Any, file: Path) -> None:
     """Writes the revocation certificate to FILE (keep it offline; it revokes this account from anywhere)."""
+    _write_certificate(client, file)
+    click.echo(f"revocation certificate written to {file}")
+
+
+def _write_certificate(client: Any, file: Path) -> None:
     from kluis.client.revocation_cert import RevocationCertificate
 
     cert = RevocationCertificate(client.me.server_url, client.me.fingerprint, client.revocation_statement())
     fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="ascii") as out:
         out.write(cert.to_text())
-    click.echo(f"revocation certificate written to {file}")
 
 
 @click.command()
