@@ -453,32 +453,11 @@ class Client:
         IdentityChanged, ClientError if the server refused it, ValueError for an empty or oversized
         text."""
         contact = await self._sendable(name)
-        now = self.clock()
         message_id = self.rng(16)
-        content = ct.Text(message_id, _ms(now), contact.timer, text)
-        sessions, envelope = self._encrypt_to(contact, content)
-        expires = _ms(now) + contact.timer * 1000 if contact.timer else None
-
-        def write(c: Any) -> None:
-            c.execute("UPDATE contacts SET sessions = ? WHERE id = ?", (sessions, contact.id))
-            tables.insert_message(
-                c,
-                contact.id,
-                direction="out",
-                kind="text",
-                message_id=message_id,
-                body=text,
-                timer=contact.timer,
-                sent_at=_ms(now),
-                displayed_at=_ms(now),
-                expires_at=expires,
-                state="queued",
-            )
-            tables.enqueue(c, contact.id, self.rng(16), envelope, message_id)
-
-        self.store.run_interaction("send", write)
-        self._notify_message(contact.id, "out", message_id)
-        await self.flush()
+        now_ms = _ms(self.clock())
+        await self._send_shown(
+            contact, ct.Text(message_id, now_ms, contact.timer, text), "text", text, contact.timer
+        )
         state = self._message_state(contact.id, message_id)
         if state == "failed":
             latest = self.store.contact_by_id(contact.id)
@@ -492,33 +471,39 @@ class Client:
         if seconds and not ct.MIN_TIMER <= seconds <= ct.MAX_TIMER:
             raise ValueError("the timer must be off or between 5 seconds and 4 weeks")
         contact = await self._sendable(name)
-        now = self.clock()
-        message_id = self.rng(16)
-        sessions, envelope = self._encrypt_to(contact, ct.TimerChange(message_id, _ms(now), seconds))
-        expires = _ms(now) + seconds * 1000 if seconds else None
+        content = ct.TimerChange(self.rng(16), _ms(self.clock()), seconds)
+        await self._send_shown(contact, content, "timer", _timer_text(seconds), seconds)
+        self._notify(self._info(self._contact(name)))
+
+    async def _send_shown(
+        self, contact: Contact, content: ct.Text | ct.TimerChange, kind: str, body: str, timer: int
+    ) -> None:
+        """Sends a message that appears in the conversation: the advanced session, the message row
+        (our copy's timer starts now) and the outbox entry in one transaction, then the flush."""
+        sessions, envelope = self._encrypt_to(contact, content)
+        sent = content.sent_at_ms
 
         def write(c: Any) -> None:
-            c.execute(
-                "UPDATE contacts SET sessions = ?, timer = ? WHERE id = ?", (sessions, seconds, contact.id)
-            )
+            c.execute("UPDATE contacts SET sessions = ? WHERE id = ?", (sessions, contact.id))
+            if kind == "timer":
+                c.execute("UPDATE contacts SET timer = ? WHERE id = ?", (timer, contact.id))
             tables.insert_message(
                 c,
                 contact.id,
                 direction="out",
-                kind="timer",
-                message_id=message_id,
-                body=_timer_text(seconds),
-                timer=seconds,
-                sent_at=_ms(now),
-                displayed_at=_ms(now),
-                expires_at=expires,
+                kind=kind,
+                message_id=content.message_id,
+                body=body,
+                timer=timer,
+                sent_at=sent,
+                displayed_at=sent,
+                expires_at=sent + timer * 1000 if timer else None,
                 state="queued",
             )
-            tables.enqueue(c, contact.id, self.rng(16), envelope, message_id)
+            tables.enqueue(c, contact.id, self.rng(16), envelope, content.message_id)
 
-        self.store.run_interaction("set_timer", write)
-        self._notify(self._info(self._contact(name)))
-        self._notify_message(contact.id, "out", message_id)
+        self.store.run_interaction(f"send_{kind}", write)
+        self._notify_message(contact.id, "out", content.message_id)
         await self.flush()
 
     def set_default_timer(self, seconds: int) -> None:
