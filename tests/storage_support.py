@@ -1,4 +1,7 @@
-"""Helpers for the storage tests: open a backend inside a fresh event loop, build accounts."""
+"""Helpers for the storage tests: open a backend inside a fresh event loop, build accounts.
+
+BACKENDS is what the conformance suite runs against; ``postgresql`` takes its database from the
+``postgres_url`` fixture (tests/pg_support.py: a throwaway cluster, a fresh database per test)."""
 
 from __future__ import annotations
 
@@ -7,13 +10,26 @@ import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import pytest
+
 from kluis.server.storage import Account, AccountId, Storage, StoredEnvelope, open_storage
 
 Body = Callable[[Storage], Awaitable[None]]
 
 
-def storage_url(backend: str, tmp_path: Path) -> str:
-    return "memory:" if backend == "memory" else f"sqlite://{tmp_path / 'kluis.db'}"
+BACKENDS = ("memory", "sqlite", "postgresql")
+
+
+def storage_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest | None = None) -> str:
+    """Where ``backend`` keeps this test's data; ``postgresql`` needs the test's ``request``."""
+    if backend == "memory":
+        return "memory:"
+    if backend == "sqlite":
+        return f"sqlite://{tmp_path / 'kluis.db'}"
+    if backend == "postgresql" and request is not None:
+        url: str = request.getfixturevalue("postgres_url")
+        return url
+    raise ValueError(f"unknown backend {backend!r}")
 
 
 def run_with(url: str, body: Body) -> None:

@@ -1,7 +1,8 @@
 """One conformance suite, run against every storage backend (STYLE.md §3; aiohttp's parser tests).
 
 Each test builds its scenario in ``body(storage)``; the fixture runs it against the in-memory
-reference store and against SQLite in a temporary directory.
+reference store, SQLite in a temporary directory and PostgreSQL (a fresh database of the test run's
+throwaway cluster, tests/pg_support.py).
 """
 
 from __future__ import annotations
@@ -20,14 +21,14 @@ from kluis.server.storage import (
     Storage,
     UnknownAccount,
 )
-from tests.storage_support import Body, account, envelope, run_with, storage_url
+from tests.storage_support import BACKENDS, Body, account, envelope, run_with, storage_url
 
 UNKNOWN = AccountId(b"\xff" * 16)
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=BACKENDS)
 def run(request: pytest.FixtureRequest, tmp_path: Path) -> object:
-    url = storage_url(request.param, tmp_path)
+    url = storage_url(request.param, tmp_path, request)
     return lambda body: run_with(url, body)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import sqlite3
 import stat
@@ -56,6 +57,24 @@ def test_database_holds_only_the_seizure_profile(tmp_path: Path) -> None:
     ).fetchone() == (0,)
     conn.close()
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+SCHEMA_V1_SHA256 = "9cab0b1f5d59b1b79951c3d65f224b6a9e3dd3b4870dee62a010c5ef280dace9"
+"""SHA-256 of repr(sqlite_master rows) of a database made by release 0.1's schema/sqlite/001_initial.sql,
+before the schema became one source for every engine: new SQLite databases must stay exactly alike."""
+
+
+def test_schema_text_is_what_existing_databases_hold(tmp_path: Path) -> None:
+    path = database_path(tmp_path)
+
+    async def main() -> None:
+        await (await _open(path)).close()
+
+    asyncio.run(main())
+    conn = sqlite3.connect(path)
+    rows = conn.execute("SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY type, name").fetchall()
+    conn.close()
+    assert hashlib.sha256(repr(rows).encode()).hexdigest() == SCHEMA_V1_SHA256
 
 
 def test_pragmas(tmp_path: Path) -> None:
@@ -211,8 +230,8 @@ def test_storage_urls(tmp_path: Path) -> None:
             await s.checkpoint()
             await s.close()
             await s.close()  # idempotent
-        with pytest.raises(StorageError):
-            await open_storage("postgres://db/kluis", fsync=False)
+        with pytest.raises(StorageError, match="unknown storage URL scheme"):
+            await open_storage("mysql://db/kluis", fsync=False)
 
     asyncio.run(main())
     assert database_path(tmp_path) == tmp_path / "kluis.db"

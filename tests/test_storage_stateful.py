@@ -1,9 +1,11 @@
-"""Hypothesis stateful test: the SQLite mailbox against the in-memory reference, step by step.
+"""Hypothesis stateful test: the SQLite and PostgreSQL mailboxes against the in-memory reference, step
+by step.
 
 Rules append (fresh and resent envelopes, several per call and several calls in one loop pass, so the
 group commit is exercised), fetch, delete (stored and unknown seqs) and expire; after every step both
 stores must hold the same envelopes in the same order. Seqs are compared through the envelope ids
-they belong to: a backend may leave gaps in its numbering (SQLite does after a resend).
+they belong to: a backend may leave gaps in its numbering (SQLite and PostgreSQL do after a resend).
+The PostgreSQL machine reuses one database of the test run's cluster, emptied before each example.
 """
 
 from __future__ import annotations
@@ -13,11 +15,12 @@ import shutil
 import tempfile
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
+import psycopg
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
 from kluis.server.storage import MailboxItem, Storage, StoredEnvelope, open_storage
 from tests.storage_support import account
@@ -39,14 +42,21 @@ def _view(items: list[MailboxItem]) -> list[tuple[bytes, bytes]]:
 
 
 class MailboxMachine(RuleBasedStateMachine):
+    postgres_url: ClassVar[str | None] = None
+    """Set: the machine compares PostgreSQL (this database) with the reference instead of SQLite."""
+
     def __init__(self) -> None:
         super().__init__()
         self.loop = asyncio.new_event_loop()
         self.dir = tempfile.mkdtemp(prefix="kluis-stateful-")
+        real = self.postgres_url or Path(self.dir) / "kluis.db"
         self.stores: list[Storage] = [
             self.run(open_storage("memory:", fsync=False)),
-            self.run(open_storage(Path(self.dir) / "kluis.db", fsync=False)),
+            self.run(open_storage(real, fsync=False)),
         ]
+        if self.postgres_url is not None:  # the previous example's rows go
+            with psycopg.connect(self.postgres_url, autocommit=True) as conn:
+                conn.execute("TRUNCATE mailbox, accounts CASCADE")
         # per store: (recipient index, envelope id) -> seq it was stored under
         self.seqs: list[dict[tuple[int, bytes], int]] = [{}, {}]
         for s in self.stores:
@@ -130,3 +140,19 @@ MailboxMachine.TestCase.settings = settings(
     max_examples=60, stateful_step_count=25, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 TestMailboxAgainstModel = MailboxMachine.TestCase
+
+
+def test_postgres_mailbox_against_model(postgres_url: str) -> None:
+    MailboxMachine.postgres_url = postgres_url
+    try:
+        run_state_machine_as_test(
+            MailboxMachine,
+            settings=settings(
+                max_examples=30,
+                stateful_step_count=20,
+                deadline=None,
+                suppress_health_check=[HealthCheck.too_slow],
+            ),
+        )
+    finally:
+        MailboxMachine.postgres_url = None

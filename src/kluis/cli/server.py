@@ -55,6 +55,11 @@ def _announce(url: str, fingerprint: str | None) -> None:
     help="Data directory: database, TLS key and certificate. Created if absent.",
 )
 @click.option(
+    "--database",
+    metavar="URL",
+    help="PostgreSQL URL (postgresql://USER@HOST:PORT/DB); without it, SQLite in the data directory.",
+)
+@click.option(
     "--listen",
     default=DEFAULT_LISTEN,
     show_default=True,
@@ -82,6 +87,7 @@ def server(
     ctx: click.Context,
     *,
     data_dir: Path,
+    database: str | None,
     listen: tuple[str, int],
     insecure_loopback: bool,
     config_file: Path | None,
@@ -103,6 +109,8 @@ def server(
     }
     # Only what the user typed overrides the file and the environment; defaults come from the model.
     overrides: dict[str, object] = {"data_dir": data_dir}
+    if database is not None:
+        overrides["database"] = database
     if "listen" in given:
         overrides["host"], overrides["port"] = listen
     if "insecure_loopback" in given:
@@ -117,12 +125,15 @@ def server(
 
     configure_logging(config.log_level)
     from kluis.server.runner import run
+    from kluis.server.storage.base import StorageError
 
     try:
         # The database and the TLS key live here: no one else on the machine needs to list it.
         config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         run(config, on_ready=_announce)
-    except TlsSetupError as exc:
+    except (TlsSetupError, StorageError) as exc:
+        # StorageError: the database cannot be opened (unreachable, too new, not ours); its message
+        # names no URL or password.
         raise click.ClickException(str(exc)) from None
     except OSError as exc:
         # Typically the address is in use or not ours to bind; the operator typed it, so it may be shown.

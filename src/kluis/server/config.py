@@ -5,7 +5,8 @@ Values come from four places; a later one overrides an earlier one:
 1. the defaults below;
 2. a TOML file (``kluis server --config FILE``), keys named like the fields;
 3. environment variables ``KLUIS_SERVER_<FIELD>`` (e.g. ``KLUIS_SERVER_RETENTION_DAYS=3``);
-4. command-line options (``--data``, ``--listen``, ``--fsync`` ...), passed to :func:`load_config`.
+4. command-line options (``--data``, ``--database``, ``--listen``, ``--fsync`` ...), passed to
+   :func:`load_config`.
 
 Unknown keys, in the file or as ``KLUIS_SERVER_*`` variables, are errors rather than silently ignored:
 a misspelt ``retenton_days`` would otherwise keep messages longer than the operator meant. Every
@@ -24,7 +25,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     InitSettingsSource,
@@ -86,6 +87,12 @@ class ServerConfig(BaseSettings):
     data_dir: Path
     """Directory holding the database and the TLS key (``tls/``). Created on first start (mode 0700)."""
 
+    database: str = ""
+    """Where the relay stores accounts, keys and mailboxes: empty for SQLite in the data directory
+    (``kluis.db``), or a PostgreSQL URL, ``postgresql://USER@HOST:PORT/DBNAME`` (libpq's syntax, e.g.
+    ``?sslmode=verify-full``; keep passwords in ``~/.pgpass`` or ``PGPASSWORD`` rather than here). The
+    data directory still holds the TLS key and the send-pass secret. See "PostgreSQL" below."""
+
     host: str = "127.0.0.1"
     """Address to listen on (an IP address or a name). ``--listen HOST:PORT`` sets host and port."""
 
@@ -145,6 +152,14 @@ class ServerConfig(BaseSettings):
 
     shutdown_grace_s: float = Field(default=10.0, ge=0, le=600)
     """On SIGTERM/SIGINT: time allowed for in-flight work to finish before connections are cut."""
+
+    @field_validator("database")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        # The message never repeats the value: a URL may carry a password.
+        if value and not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must be empty (SQLite in the data directory) or a postgresql:// URL")
+        return value
 
     @model_validator(mode="after")
     def _limits_fit_together(self) -> ServerConfig:

@@ -83,7 +83,7 @@ async def serve(
     HOST:0`` picks a free one) and the TLS certificate fingerprint (None in insecure mode).
     """
     config.data_dir.mkdir(parents=True, exist_ok=True)
-    storage = await open_storage(database_path(config.data_dir), fsync=config.fsync)
+    storage = await open_storage(config.database or database_path(config.data_dir), fsync=config.fsync)
     relay = Relay(
         storage,
         pass_secret=load_secret(config.data_dir),

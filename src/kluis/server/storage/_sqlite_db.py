@@ -19,18 +19,22 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol, TypeVar
 
-from kluis._schema import load_deltas
 from kluis._schema import migrate as apply_deltas
+from kluis.server.storage._schema_version import SCHEMA_COMPAT_VERSION, SCHEMA_VERSION, schema_deltas
 from kluis.server.storage.base import SchemaTooNew, StorageError
+
+__all__ = [
+    "SCHEMA_COMPAT_VERSION",
+    "SCHEMA_VERSION",
+    "Checkpointer",
+    "SqliteDatabase",
+    "SqliteEngine",
+    "migrate",
+    "schema_deltas",
+]
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
-
-SCHEMA_VERSION = 1
-"""The newest schema delta this code writes (``schema/sqlite/NNN_*.sql``)."""
-SCHEMA_COMPAT_VERSION = 1
-"""The oldest code version that can still use a database written by this code. Stored in the database:
-code whose SCHEMA_VERSION is below a database's compat version refuses to open it (SchemaTooNew)."""
 
 WAL_AUTOCHECKPOINT_PAGES = 10_000
 """Safety net only (~40 MB of WAL): checkpoints normally come from :meth:`SqliteDatabase.checkpoint` on
@@ -79,11 +83,6 @@ class SqliteEngine:
             conn.close()
             raise
         return conn
-
-
-def schema_deltas(engine: str = "sqlite") -> list[tuple[int, str]]:
-    """The numbered delta files shipped in the package, in order."""
-    return load_deltas("kluis.server.storage", "schema", engine)
 
 
 class TransactionObserver(Protocol):

@@ -1,10 +1,14 @@
--- Kluis relay schema, version 1 (SQLite).
+-- Kluis relay schema, version 1: the one source of truth for every engine.
+--
+-- Written in SQLite's dialect and applied to SQLite as it is; kluis._schema.render turns it into
+-- PostgreSQL's (BLOB -> BYTEA, INTEGER -> BIGINT, no WITHOUT ROWID). A change goes in a new numbered
+-- delta here, never in this file: databases at version 1 do not run it again.
 --
 -- The seizure profile, and nothing else: no sender, no IP address, no timestamp finer than a day, no
--- contact list. Every table is WITHOUT ROWID, so no hidden integer column records the order in
--- which rows arrived across accounts (a global rowid on the mailbox would tell a seizer that an
--- envelope for A arrived just before one for B). tests/test_storage_sqlite.py compares every
--- column with an allow-list.
+-- contact list. In SQLite every table is WITHOUT ROWID, so no hidden integer column records the
+-- order in which rows arrived across accounts (a global rowid on the mailbox would tell a seizer that
+-- an envelope for A arrived just before one for B). tests/test_storage_sqlite.py and
+-- tests/test_storage_postgres.py compare every column with an allow-list.
 
 -- Activation codes: SHA-256 of the bearer code, and what it is worth. Never linked to an account.
 CREATE TABLE activation_codes (
@@ -61,7 +65,8 @@ CREATE TABLE mailbox (
 -- expire(today) scans by day without reading every mailbox.
 CREATE INDEX mailbox_expiry ON mailbox (expiry_day);
 
--- SCHEMA_VERSION and SCHEMA_COMPAT_VERSION (see _sqlite_db.py); one row, written with each delta.
+-- SCHEMA_VERSION and SCHEMA_COMPAT_VERSION (storage/_schema_version.py); one row, written with each
+-- delta.
 CREATE TABLE schema_version (
     version INTEGER PRIMARY KEY NOT NULL,
     compat_version INTEGER NOT NULL
