@@ -44,13 +44,15 @@ class PostgresUnavailable(Exception):
 def find_bindir() -> Path:
     """The directory holding ``initdb``, ``pg_ctl`` and ``postgres``."""
     configured = os.environ.get(BIN_ENV)
-    candidates: list[Path] = [Path(configured)] if configured else []
-    debian = sorted(
+    if configured:  # said explicitly: no fallback to another installation
+        if all((Path(configured) / tool).is_file() for tool in ("initdb", "pg_ctl", "postgres")):
+            return Path(configured)
+        raise PostgresUnavailable(f"{BIN_ENV}={configured} holds no initdb, pg_ctl and postgres")
+    candidates = sorted(
         Path("/usr/lib/postgresql").glob("*/bin"),
         key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
         reverse=True,
-    )
-    candidates += debian
+    )  # Debian's layout, newest version first
     on_path = shutil.which("initdb")
     if on_path:
         candidates.append(Path(on_path).resolve().parent)
