@@ -298,7 +298,7 @@ WITH input AS (
     SELECT * FROM unnest(%b::bytea[], %b::bytea[], %b::bytea[], %b::bigint[], %b::bigint[])
         WITH ORDINALITY AS i (recipient, envelope_id, ciphertext, expiry_day, rank, n)
 ),
-base AS (
+base AS MATERIALIZED (  -- each recipient's highest seq once, not once per row
     SELECT r.recipient,
            greatest(r.floor, (SELECT coalesce(max(m.seq), 0) FROM mailbox m WHERE m.recipient = r.recipient))
                AS top
@@ -312,10 +312,15 @@ stored AS (
     ON CONFLICT (recipient, envelope_id) DO NOTHING
     RETURNING recipient, envelope_id, seq
 )
-SELECT coalesce(s.seq, m.seq), s.seq IS NOT NULL
+SELECT coalesce(
+           s.seq,
+           -- a resend: the seq it is stored under (looked up by the unique index, and only for resends:
+           -- a join here was planned as a scan of the whole mailbox)
+           (SELECT m.seq FROM mailbox m WHERE m.recipient = i.recipient AND m.envelope_id = i.envelope_id)
+       ),
+       s.seq IS NOT NULL
 FROM input i
 LEFT JOIN stored s ON s.recipient = i.recipient AND s.envelope_id = i.envelope_id
-LEFT JOIN mailbox m ON m.recipient = i.recipient AND m.envelope_id = i.envelope_id
 ORDER BY i.n
 """
 _DELETE = (
