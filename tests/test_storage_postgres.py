@@ -17,9 +17,12 @@ from typing import Any
 
 import psycopg
 import pytest
+from click.testing import CliRunner
 
 from kluis._schema import load_deltas, render
+from kluis.cli.main import cli
 from kluis.server.codes import hash_code, new_code
+from kluis.server.config import ConfigError, load_config
 from kluis.server.storage import SchemaTooNew, StorageError, StoredEnvelope, open_storage
 from kluis.server.storage._schema_version import SCHEMA_COMPAT_VERSION, SCHEMA_VERSION, schema_deltas
 from kluis.server.storage.postgres import PostgresStorage
@@ -400,3 +403,65 @@ def test_stored_envelopes_are_opaque_bytes(postgres_url: str) -> None:
         assert (item.seq, item.envelope_id, item.ciphertext) == (seq, big.envelope_id, big.ciphertext)
 
     _with_storage(postgres_url, body)
+
+
+class TestConfiguration:
+    def test_database_setting(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        assert load_config(None, {"data_dir": tmp_path}).database == ""  # SQLite in the data directory
+        monkeypatch.setenv("KLUIS_SERVER_DATABASE", "postgresql://kluis@db/kluis")
+        assert load_config(None, {"data_dir": tmp_path}).database == "postgresql://kluis@db/kluis"
+        with pytest.raises(ConfigError) as info:
+            load_config(None, {"data_dir": tmp_path, "database": "mysql://user:hunter2@db/kluis"})
+        assert "postgresql://" in str(info.value)
+        assert "hunter2" not in str(info.value)  # a URL may carry a password: never echoed
+
+    def test_cli_option(self, tmp_path: Path) -> None:
+        result = CliRunner().invoke(cli, ["server", "--data", str(tmp_path), "--database", "sqlite:///x.db"])
+        assert result.exit_code != 0
+        assert "database" in result.output
+        assert "must be empty" in result.output
+
+
+def test_bundle_race_through_the_server_process_on_postgresql(tmp_path: Path, postgres_url: str) -> None:
+    """``kluis server`` as a child process with KLUIS_SERVER_DATABASE: 64 concurrent bundle fetches
+    over HTTP against a stock of 40 hand out every one-time key exactly once (as
+    tests/test_server_bundle_race.py does on SQLite)."""
+    import aiohttp
+
+    from kluis.protocol.bundle import PreKeyBundle
+    from kluis.protocol.keys import KeyKind
+    from tests.server_process import ServerProcess
+    from tests.server_support import Remote, new_user
+
+    stock, fetchers = 40, 64
+    code = new_code()
+
+    async def add_code() -> None:
+        s = await _open(postgres_url)
+        await s.codes.add_codes([hash_code(code)], 30)
+        await s.close()
+
+    asyncio.run(add_code())
+    server = ServerProcess(tmp_path / "data", env={"KLUIS_SERVER_DATABASE": postgres_url})
+    server.start()
+
+    async def scenario() -> list[PreKeyBundle]:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=fetchers)) as session:
+            remote = Remote(server.url, session)
+            bob = await new_user(remote, code, one_time=stock, kem_one_time=stock)
+            await bob.connect()
+            assert (await bob.upload()).one_time_left == stock
+            raw = await asyncio.gather(*(remote.http.bundle(bob.account, bob.token) for _ in range(fetchers)))
+            assert bob.mailbox is not None
+            await bob.mailbox.close()
+            return [PreKeyBundle.from_bytes(b) for b in raw]
+
+    try:
+        bundles = asyncio.run(scenario())
+    finally:
+        assert server.stop() == 0
+    one_time = [b.one_time_prekey.key_id for b in bundles if b.one_time_prekey is not None]
+    kem = [b.kem_prekey.key_id for b in bundles if b.kem_prekey.kind is KeyKind.KEM_ONE_TIME]
+    assert len(one_time) == len(set(one_time)) == stock
+    assert len(kem) == len(set(kem)) == stock
+    assert not (tmp_path / "data" / "kluis.db").exists()
