@@ -60,8 +60,9 @@ def test_database_holds_only_the_seizure_profile(tmp_path: Path) -> None:
 
 
 SCHEMA_V1_SHA256 = "9cab0b1f5d59b1b79951c3d65f224b6a9e3dd3b4870dee62a010c5ef280dace9"
-"""SHA-256 of repr(sqlite_master rows) of a database made by release 0.1's schema/sqlite/001_initial.sql,
-before the schema became one source for every engine: new SQLite databases must stay exactly alike."""
+"""SHA-256 of repr(sqlite_master rows) of a database made by schema/sqlite/001_initial.sql, the SQLite-only
+file that the shared schema/001_initial.sql replaced: new SQLite databases must stay exactly like the
+ones already in data directories."""
 
 
 def test_schema_text_is_what_existing_databases_hold(tmp_path: Path) -> None:

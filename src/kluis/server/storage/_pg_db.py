@@ -140,7 +140,7 @@ class PostgresDatabase:
         start = time.perf_counter()
         async with self.connection(name) as conn, conn.transaction():
             result = await fn(conn)
-        self._committed(name, start)
+        self.committed(name, start)
         return result
 
     async def read(self, name: str, fn: Callable[[Conn], Awaitable[T]]) -> T:
@@ -148,7 +148,8 @@ class PostgresDatabase:
         async with self.connection(name) as conn:
             return await fn(conn)
 
-    def _committed(self, name: str, start: float) -> None:
+    def committed(self, name: str, start: float) -> None:
+        """Counts a committed transaction that began at ``start`` (perf_counter) and reports it."""
         self.commits[name] += 1
         if self.observer is not None:
             self.observer(name, time.perf_counter() - start)

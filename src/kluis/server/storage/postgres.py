@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import KeysView, Sequence
 from typing import Any
 
@@ -430,8 +431,8 @@ class PostgresMailboxStore:
 
     def _current(self) -> _Batch:
         if self._batch is None:
+            self._db.start_flusher(self._flush_all)  # raises StorageError once closed
             self._batch = _Batch()
-            self._db.start_flusher(self._flush_all)
         return self._batch
 
     async def append(self, envelopes: list[StoredEnvelope]) -> list[tuple[int, bool]]:
@@ -478,6 +479,7 @@ class PostgresMailboxStore:
         if not unique and not deletes:  # only barriers, or appends refused by _check_recipients
             batch.answer([], set())
             return
+        start = time.perf_counter()
         async with self._db.connection("group_commit") as conn:
             # One round trip: BEGIN, the locks, the INSERT, the DELETE and COMMIT go out together.
             async with conn.pipeline(), conn.transaction():
@@ -503,7 +505,7 @@ class PostgresMailboxStore:
                     )
             stored = [] if appended is None else await appended.fetchall()
             gone = [] if deleted is None else await deleted.fetchall()
-        self._db.commits["group_commit"] += 1
+        self._db.committed("group_commit", start)
         if any(seq is None for seq, _ in stored):  # pragma: no cover - only without the row locks
             raise RuntimeError("group commit: a resent envelope's seq was not found")
         results = [(int(seq), bool(new)) for seq, new in stored]
