@@ -297,6 +297,25 @@ class TestMailbox:
 
         _run(run, body)
 
+    def test_delete_matching_envelope_ids(self, run: object) -> None:
+        """A receipt that names a seq and its envelope id deletes that envelope only (relay nodes that
+        share a database may give a new envelope a seq just deleted)."""
+
+        async def body(s: Storage) -> None:
+            a = account(1)
+            await s.accounts.create(a)
+            first, second = envelope(a.account_id, 1), envelope(a.account_id, 2)
+            (seq1, _), (seq2, _) = await s.mailbox.append([first, second])
+            assert (
+                await s.mailbox.delete(a.account_id, [seq1, seq2], [second.envelope_id, second.envelope_id])
+                == 1
+            )
+            assert [i.seq for i in await s.mailbox.fetch(a.account_id, 0, 10)] == [seq1]
+            assert await s.mailbox.delete(a.account_id, [seq1], [first.envelope_id]) == 1
+            assert await s.mailbox.count(a.account_id) == 0
+
+        _run(run, body)
+
     def test_append_to_unknown_account_stores_nothing(self, run: object) -> None:
         async def body(s: Storage) -> None:
             a = account(1)

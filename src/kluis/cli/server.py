@@ -60,6 +60,11 @@ def _announce(url: str, fingerprint: str | None) -> None:
     help="PostgreSQL URL (postgresql://USER@HOST:PORT/DB); without it, SQLite in the data directory.",
 )
 @click.option(
+    "--redis",
+    metavar="URL",
+    help="Redis URL (redis://HOST:PORT/DB) for fan-out between several nodes on one PostgreSQL database.",
+)
+@click.option(
     "--listen",
     default=DEFAULT_LISTEN,
     show_default=True,
@@ -88,6 +93,7 @@ def server(
     *,
     data_dir: Path,
     database: str | None,
+    redis: str | None,
     listen: tuple[str, int],
     insecure_loopback: bool,
     config_file: Path | None,
@@ -111,6 +117,8 @@ def server(
     overrides: dict[str, object] = {"data_dir": data_dir}
     if database is not None:
         overrides["database"] = database
+    if redis is not None:
+        overrides["redis"] = redis
     if "listen" in given:
         overrides["host"], overrides["port"] = listen
     if "insecure_loopback" in given:
@@ -124,6 +132,7 @@ def server(
         raise click.ClickException(str(exc)) from None
 
     configure_logging(config.log_level)
+    from kluis.server.fanout import FanOutError
     from kluis.server.runner import run
     from kluis.server.storage.base import StorageError
 
@@ -131,7 +140,7 @@ def server(
         # The database and the TLS key live here: no one else on the machine needs to list it.
         config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         run(config, on_ready=_announce)
-    except (TlsSetupError, StorageError) as exc:
+    except (TlsSetupError, StorageError, FanOutError) as exc:
         # StorageError: the database cannot be opened (unreachable, too new, not ours); its message
         # names no URL or password.
         raise click.ClickException(str(exc)) from None

@@ -93,6 +93,13 @@ class ServerConfig(BaseSettings):
     ``?sslmode=verify-full``; keep passwords in ``~/.pgpass`` or ``PGPASSWORD`` rather than here). The
     data directory still holds the TLS key and the send-pass secret. See "PostgreSQL" below."""
 
+    redis: str = ""
+    """Redis URL (``redis://HOST:PORT/DB``, ``rediss://`` for TLS, ``unix:///PATH``) for fan-out between
+    relay nodes: with it, several ``kluis server`` processes on one PostgreSQL ``database`` form one
+    service (a recipient connected to one node gets envelopes accepted by another at once). Needs a
+    PostgreSQL ``database``. Redis holds presence entries and transient notices only. See "Several
+    nodes" below."""
+
     host: str = "127.0.0.1"
     """Address to listen on (an IP address or a name). ``--listen HOST:PORT`` sets host and port."""
 
@@ -160,6 +167,22 @@ class ServerConfig(BaseSettings):
         if value and not value.startswith(("postgresql://", "postgres://")):
             raise ValueError("must be empty (SQLite in the data directory) or a postgresql:// URL")
         return value
+
+    @field_validator("redis")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        if value and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be empty or a redis://, rediss:// or unix:// URL")
+        return value
+
+    @model_validator(mode="after")
+    def _redis_needs_a_shared_database(self) -> ServerConfig:
+        if self.redis and not self.database:
+            # SQLite lives in one node's data directory: a second node could not share it.
+            raise ValueError(
+                "redis needs a PostgreSQL database (--database postgresql://...) shared by the nodes"
+            )
+        return self
 
     @model_validator(mode="after")
     def _limits_fit_together(self) -> ServerConfig:

@@ -177,6 +177,21 @@ class Metrics:
             registry=r,
         )
 
+        self.fanout_degraded = Gauge(
+            "fanout_degraded",
+            "1 while this node cannot reach Redis and its connections poll their mailboxes.",
+            namespace=NAMESPACE,
+            registry=r,
+        )
+        notices = Counter(
+            "fanout_notices",
+            "Notices exchanged with other relay nodes through Redis, by direction.",
+            ["direction"],
+            namespace=NAMESPACE,
+            registry=r,
+        )
+        self._notices = {d: notices.labels(d) for d in get_args(Direction)}
+
     # Connections -------------------------------------------------------------------------------------
 
     def connection_opened(self, kind: ConnectionKind) -> None:
@@ -222,6 +237,10 @@ class Metrics:
 
     def send_rejected(self, reason: RejectReason, count: int = 1) -> None:
         self._rejections[reason].inc(count)
+
+    def fanout_notices(self, direction: Direction, count: int) -> None:
+        """Notices (new envelopes, prekey stock, close) sent to or received from other nodes."""
+        self._notices[direction].inc(count)
 
     # Latencies ---------------------------------------------------------------------------------------
 

@@ -66,9 +66,21 @@ class MailboxSink(Protocol):
     def replaced(self) -> None:
         """Another connection authenticated as this account; this one must close."""
 
+    def notice(self) -> None:
+        """Envelopes may have been stored for this account (by another relay node): fetch them."""
+
 
 class FanOut(Protocol):
-    """Who is connected where. In-process here; Redis when relays scale out (issue 5)."""
+    """Who is connected where: :class:`LocalFanOut` in one process, or
+    :class:`kluis.server.fanout.RedisFanOut` between relay nodes that share one database.
+
+    ``get`` returns the account's sink if it may be connected: a connection in this process, or with
+    Redis a stand-in that forwards the call to the node holding the connection (if any).
+    """
+
+    shared: bool
+    """True when other relay nodes store into the same mailboxes (ws.Connection then keeps its
+    mailbox cursor in a way that does not depend on this node's sequence numbers alone)."""
 
     def attach(self, account: AccountId, sink: MailboxSink) -> None: ...
     def detach(self, account: AccountId, sink: MailboxSink) -> None: ...
@@ -76,6 +88,10 @@ class FanOut(Protocol):
 
 
 class LocalFanOut:
+    """One relay process: connections are in a dict, a second one of an account replaces the first."""
+
+    shared = False
+
     def __init__(self) -> None:
         self._sinks: dict[AccountId, MailboxSink] = {}
 
@@ -139,7 +155,7 @@ class Relay:
         clock: Callable[[], float],
     ) -> None:
         self.storage = storage
-        self.fanout: FanOut = fanout or LocalFanOut()
+        self.fanout: FanOut = LocalFanOut() if fanout is None else fanout
         self._pass_secret = pass_secret
         self.retention_days = retention_days
         self.max_envelope_bytes = max_envelope_bytes
@@ -405,9 +421,13 @@ class Relay:
     async def fetch(self, account_id: AccountId, after_seq: int, limit: int) -> list[MailboxItem]:
         return await self.storage.mailbox.fetch(account_id, after_seq, limit)
 
-    async def receipt(self, account_id: AccountId, seqs: tuple[int, ...]) -> None:
+    async def receipt(
+        self, account_id: AccountId, seqs: list[int], envelope_ids: list[bytes] | None = None
+    ) -> int:
+        """Deletes receipted envelopes (by seq, and by envelope id too when given); returns how many
+        were still there."""
         try:
-            await self.storage.mailbox.delete(account_id, list(seqs))
+            return await self.storage.mailbox.delete(account_id, seqs, envelope_ids)
         except StorageError:
             raise Unavailable() from None
 

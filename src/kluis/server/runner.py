@@ -18,7 +18,7 @@ from kluis.server.config import ServerConfig
 from kluis.server.metrics import Metrics
 from kluis.server.relay import Relay
 from kluis.server.storage import database_path, open_storage
-from kluis.server.tls import certificate_fingerprint, server_ssl_context
+from kluis.server.tls import certificate_digest, certificate_fingerprint, server_ssl_context
 
 log = logging.getLogger("kluis.server")
 
@@ -37,18 +37,24 @@ SECRET_FILE = "send-pass.key"  # noqa: S105 - a file name, not a secret
 def load_secret(data_dir: Path) -> bytes:
     """The server's secret for send passes (32 random bytes, created once, mode 0600).
 
-    Not user data: it derives the daily pass every subscriber shares (relay.py).
+    Not user data: it derives the daily pass every subscriber shares (relay.py). Every node of one
+    service must hold the same file (a pass fetched from one node is presented to another); nodes
+    started at once on one data directory agree on it, since it is linked into place, never replaced.
     """
     path = data_dir / SECRET_FILE
     if not path.exists():
         data_dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(os.urandom(32))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        tmp = path.with_name(f".{SECRET_FILE}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(os.urandom(32))
+                f.flush()
+                os.fsync(f.fileno())
+            with contextlib.suppress(FileExistsError):  # another node made it first: theirs counts
+                os.link(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
     secret = path.read_bytes()
     if len(secret) != 32:
         raise RuntimeError(f"{SECRET_FILE} is damaged (expected 32 bytes)")
@@ -83,14 +89,32 @@ async def serve(
     HOST:0`` picks a free one) and the TLS certificate fingerprint (None in insecure mode).
     """
     config.data_dir.mkdir(parents=True, exist_ok=True)
-    storage = await open_storage(config.database or database_path(config.data_dir), fsync=config.fsync)
+    secret = load_secret(config.data_dir)
+    ssl_context = None if config.insecure_loopback else server_ssl_context(config.data_dir)
+    metrics = Metrics()
+    fanout = None
+    if config.redis:
+        from kluis.server.fanout import RedisFanOut, service_digest
+
+        certificate = b"" if ssl_context is None else certificate_digest(config.data_dir)
+        fanout = RedisFanOut(
+            config.redis, pass_secret=secret, service=service_digest(secret, certificate), metrics=metrics
+        )
+        await fanout.start()  # FanOutError: this node's files differ from the service's
+    try:
+        storage = await open_storage(config.database or database_path(config.data_dir), fsync=config.fsync)
+    except BaseException:
+        if fanout is not None:
+            await fanout.close()
+        raise
     relay = Relay(
         storage,
-        pass_secret=load_secret(config.data_dir),
+        pass_secret=secret,
         retention_days=config.retention_days,
         max_envelope_bytes=config.max_envelope_bytes,
         prekey_low_watermark=config.prekey_low_watermark,
-        metrics=Metrics(),
+        fanout=fanout,
+        metrics=metrics,
         clock=time.time,
     )
     app = make_app(relay, config)
@@ -98,7 +122,6 @@ async def serve(
         app, access_log=None, handle_signals=False, shutdown_timeout=config.shutdown_grace_s
     )
     await runner.setup()
-    ssl_context = None if config.insecure_loopback else server_ssl_context(config.data_dir)
     site = web.TCPSite(runner, config.host, config.port, ssl_context=ssl_context, backlog=1024)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -119,6 +142,8 @@ async def serve(
     finally:
         housekeeping.cancel()
         await runner.cleanup()  # stops accepting, closes connections gracefully (app.on_shutdown)
+        if fanout is not None:
+            await fanout.close()  # its connections' presence entries go now, not after their TTL
         await storage.close()  # commits whatever is pending
 
 

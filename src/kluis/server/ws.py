@@ -23,7 +23,7 @@ from kluis.relay.connection import FrameNotAllowed, State, next_state
 from kluis.server.errors import AuthFailed, RelayError, Revoked, SubscriptionExpired, Unavailable
 from kluis.server.metrics import ConnectionKind
 from kluis.server.relay import Relay, Screened
-from kluis.server.storage.base import AccountId, MailboxItem
+from kluis.server.storage.base import AccountId, MailboxItem, StorageError
 
 log = logging.getLogger("kluis.server.ws")
 
@@ -37,9 +37,52 @@ DELIVERY_WINDOW_BYTES = 8 * 1024 * 1024
 """Bytes of envelopes sent but not yet receipted per mailbox. With the count alone, a mailbox that
 stops reading pinned 512 envelopes of up to 140 KB (about 70 MB) in server memory; now a few MB."""
 FETCH_BATCH = 256
+FETCH_RETRY_S = 1.0
+"""A mailbox fetch that failed (database unreachable) is tried again after this long."""
 
 
 _FRAME_TYPES = {t.value: t for t in f.FrameType}
+
+
+class SharedCursor:
+    """A mailbox cursor for relay nodes that share one database (``FanOut.shared``).
+
+    One node numbers a recipient's envelopes above the highest seq stored and the highest it handed
+    out itself (storage/postgres.py), so once the envelopes at the top of a mailbox are delivered and
+    deleted, another node can number a new envelope *below* seqs this connection already sent. A
+    plain "highest seq sent" cursor would skip it, and a receipt for a reused seq would delete it.
+    So here:
+
+    - the client sees this connection's own numbers (``wire`` seqs: 1, 2, 3 ...), increasing as the
+      protocol promises whatever the storage seqs do; each maps to (storage seq, envelope id);
+    - the fetch cursor is the highest storage seq among the envelopes this connection sent and has not
+      yet seen deleted (``present``), 0 when there are none. A new envelope is always numbered above
+      every envelope stored at that moment, so it lies above that cursor;
+    - deletions name the envelope id too, so a stale receipt never takes a newer envelope.
+
+    If someone else deletes one of ``present`` (an older connection of the account acknowledging the
+    same envelope), the cursor can sit too high until this connection's own delete finds that row
+    gone; then it fetches again (Connection._receipt_loop).
+    """
+
+    __slots__ = ("last_wire", "present", "rows")
+
+    def __init__(self) -> None:
+        self.present: dict[int, bytes] = {}
+        """storage seq -> envelope id of every envelope sent and not known to be deleted."""
+        self.rows: dict[int, tuple[int, bytes]] = {}
+        """wire seq -> (storage seq, envelope id) of every delivery not yet receipted."""
+        self.last_wire = 0
+
+    def after(self) -> int:
+        return max(self.present, default=0)
+
+    def sent(self, item: MailboxItem) -> int:
+        """Records a delivery; returns the seq the client sees."""
+        self.present[item.seq] = item.envelope_id
+        self.last_wire += 1
+        self.rows[self.last_wire] = (item.seq, item.envelope_id)
+        return self.last_wire
 
 
 class Closing(Exception):
@@ -92,11 +135,13 @@ class Connection:
         "_limiter",
         "_nonce",
         "_raw_write",
+        "_receipt_ids",
         "_receipt_task",
         "_receipts",
         "_results",
         "_room",
         "_sent_seq",
+        "_shared",
         "_store_task",
         "_tasks",
         "_to_store",
@@ -135,6 +180,9 @@ class Connection:
         # Mailbox cursor: highest seq sent; deliveries above it come from storage (drain) until
         # caught up, then live. Order per mailbox is kept because storage seqs increase.
         self._sent_seq = 0
+        self._shared = SharedCursor() if relay.fanout.shared else None
+        """Set when other relay nodes share the mailboxes: then _sent_seq, _in_flight and receipts
+        count in the connection's own wire seqs (SharedCursor)."""
         self._in_flight: dict[int, int] = {}
         """seq -> size of each delivery sent and not yet receipted (a receipt of any other seq
         cannot reopen the window)."""
@@ -155,6 +203,8 @@ class Connection:
         self._room: asyncio.Future[None] | None = None
         self._store_task: asyncio.Future[None] | None = None
         self._receipts: list[int] = []
+        self._receipt_ids: list[bytes] = []
+        """With _shared: the envelope id of each seq in _receipts (storage seqs then)."""
         self._receipt_task: asyncio.Future[None] | None = None
         self._last_frame = 0.0
         self._watchdog: asyncio.TimerHandle | None = None
@@ -264,9 +314,10 @@ class Connection:
     # -- MailboxSink ----------------------------------------------------------------------------
 
     def _deliver(self, item: MailboxItem) -> None:
-        self._deliveries.append(f.Delivery(item.seq, item.envelope_id, item.ciphertext))
-        self._sent_seq = item.seq
-        self._in_flight[item.seq] = len(item.ciphertext)
+        seq = item.seq if self._shared is None else self._shared.sent(item)
+        self._deliveries.append(f.Delivery(seq, item.envelope_id, item.ciphertext))
+        self._sent_seq = seq
+        self._in_flight[seq] = len(item.ciphertext)
         self._in_flight_bytes += len(item.ciphertext)
         self._typical_size = max(1024, (3 * self._typical_size + len(item.ciphertext)) // 4)
 
@@ -294,10 +345,31 @@ class Connection:
             self._drained = False
             self._request_fetch()
             return
+        if self._shared is not None:
+            self._offer_shared(items)
+            return
         for item in items:
             if item.seq > self._sent_seq:
                 self._deliver(item)
         self._schedule()
+
+    def _offer_shared(self, items: list[MailboxItem]) -> None:
+        """Envelopes this node stored go out at once only when nothing can lie between them and the
+        cursor (their seqs follow it without a gap) and no fetch is running; otherwise another node
+        may have stored some in between, and the fetch delivers all of them in seq order."""
+        shared = self._shared
+        assert shared is not None
+        expected = shared.after() + 1
+        busy = self._drain_task is not None and not self._drain_task.done()
+        if busy or any(item.seq != expected + i for i, item in enumerate(items)):
+            self._request_fetch()
+            return
+        for item in items:
+            self._deliver(item)
+        self._schedule()
+
+    def notice(self) -> None:
+        self._request_fetch()
 
     def key_stock(self, one_time_left: int, kem_left: int) -> None:
         self.send_frame(f.KeyStock(one_time_left, kem_left))
@@ -319,12 +391,23 @@ class Connection:
             self._fetch_again = False
             while len(self._in_flight) < DELIVERY_WINDOW and self._in_flight_bytes < DELIVERY_WINDOW_BYTES:
                 room = self._fetch_room()
-                items = await self.relay.fetch(self.account, self._sent_seq, room)
+                shared = self._shared
+                after = self._sent_seq if shared is None else shared.after()
+                try:
+                    items = await self.relay.fetch(self.account, after, room)
+                except StorageError:
+                    # The database is unreachable or restarting: try again rather than forget that
+                    # there is something to fetch (a notice is not repeated).
+                    log.warning("fetching a mailbox failed; trying again in %.0f s", FETCH_RETRY_S)
+                    await asyncio.sleep(FETCH_RETRY_S)
+                    self._fetch_again = True
+                    break
                 taken = 0
                 for item in items:
                     if self._window_full(len(item.ciphertext)):
                         break
-                    self._deliver(item)
+                    if shared is None or item.seq not in shared.present:
+                        self._deliver(item)
                     taken += 1
                 if taken:
                     self._schedule()
@@ -413,7 +496,15 @@ class Connection:
     async def _on_receipt(self, frame: f.Receipt) -> None:
         # The delete is not awaited here: nothing is acknowledged to the client, and an envelope
         # whose delete is lost (crash) is delivered again and de-duplicated by the client.
-        self._receipts += frame.seqs
+        shared = self._shared
+        if shared is None:
+            self._receipts += frame.seqs
+        else:  # wire seqs -> the stored envelopes they stand for (unknown ones are ignored)
+            for seq in frame.seqs:
+                row = shared.rows.pop(seq, None)
+                if row is not None:
+                    self._receipts.append(row[0])
+                    self._receipt_ids.append(row[1])
         if self._receipt_task is None or self._receipt_task.done():
             self._receipt_task = asyncio.ensure_future(self._receipt_loop())
         self.relay.metrics.envelopes("acknowledged", len(frame.seqs))
@@ -424,12 +515,20 @@ class Connection:
 
     async def _receipt_loop(self) -> None:
         assert self.account is not None
+        shared = self._shared
         while self._receipts:
             seqs, self._receipts = self._receipts, []
+            ids, self._receipt_ids = self._receipt_ids, []
             try:
-                await self.relay.receipt(self.account, tuple(seqs))
+                deleted = await self.relay.receipt(self.account, seqs, ids if shared is not None else None)
             except RelayError:  # storage failed: these envelopes are simply delivered again later
                 log.warning("deleting receipted envelopes failed")
+                continue
+            if shared is not None:
+                for seq in seqs:
+                    shared.present.pop(seq, None)
+                if deleted < len(seqs):  # someone else deleted some: the cursor may have sat too high
+                    self._request_fetch()
 
     async def _on_upload(self, frame: f.UploadKeys) -> None:
         assert self.account is not None

@@ -190,8 +190,16 @@ class MailboxStore(Protocol):
     async def fetch(self, recipient: AccountId, after_seq: int, limit: int) -> list[MailboxItem]:
         """Up to ``limit`` envelopes with seq > after_seq, in seq order."""
 
-    async def delete(self, recipient: AccountId, seqs: list[int]) -> int:
-        """Deletes the given seqs (durably); returns how many existed."""
+    async def delete(
+        self, recipient: AccountId, seqs: list[int], envelope_ids: list[bytes] | None = None
+    ) -> int:
+        """Deletes the given seqs (durably); returns how many existed.
+
+        With ``envelope_ids`` (one per seq), a row goes only if its envelope id matches too. Relay nodes
+        that share a database may number a new envelope with the seq of one just deleted (each node
+        keeps its own counter, see postgres.py); a receipt that names the old envelope must not take
+        the new one with it.
+        """
 
     async def expire(self, today: int) -> int:
         """Deletes every envelope whose expiry_day < today; returns how many."""

@@ -165,12 +165,15 @@ class MemoryMailboxStore:
         seqs = sorted(s for s in box if s > after_seq)[: max(limit, 0)]
         return [MailboxItem(s, box[s][0], box[s][1]) for s in seqs]
 
-    async def delete(self, recipient: AccountId, seqs: list[int]) -> int:
+    async def delete(
+        self, recipient: AccountId, seqs: list[int], envelope_ids: list[bytes] | None = None
+    ) -> int:
         box = self._d.mailbox.get(recipient, {})
         deleted = 0
-        for seq in seqs:
-            row = box.pop(seq, None)
-            if row is not None:
+        for i, seq in enumerate(seqs):
+            row = box.get(seq)
+            if row is not None and (envelope_ids is None or row[0] == envelope_ids[i]):
+                del box[seq]
                 del self._d.by_envelope_id[recipient, row[0]]
                 deleted += 1
         return deleted

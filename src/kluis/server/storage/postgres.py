@@ -17,9 +17,13 @@ Concurrency, including several relay processes on one database:
   the highest this process handed out (the same in-memory counter as SQLite: the database holds no
   counter, which would tell a seizer how many envelopes an account ever received). The lock makes
   the second statement see the rows another process committed just before.
-- Sequence numbers therefore increase per recipient within one process, as with SQLite. Across
-  processes they increase as long as rows are stored; a process that learns of another's envelope
-  (fan-out between relays) must not offer a connection a seq it already passed.
+- Sequence numbers therefore increase per recipient within one process, as with SQLite, and two
+  processes never store the same (recipient, seq). Across processes they increase only as long as
+  rows are stored: once a mailbox's top rows are deleted, a process whose counter is behind numbers a
+  new envelope below seqs another process handed out. Connections of a multi-node service
+  (``FanOut.shared``, ws.SharedCursor) number deliveries themselves, fetch from what they know is
+  still stored, and delete by seq *and* envelope id (``delete(..., envelope_ids)``), so a reused seq
+  is neither skipped nor deleted by a stale receipt.
 """
 
 from __future__ import annotations
@@ -325,9 +329,11 @@ LEFT JOIN stored s ON s.recipient = i.recipient AND s.envelope_id = i.envelope_i
 ORDER BY i.n
 """
 _DELETE = (
-    "DELETE FROM mailbox m USING unnest(%b::bytea[], %b::bigint[]) AS d (recipient, seq)"
-    " WHERE m.recipient = d.recipient AND m.seq = d.seq RETURNING m.recipient, m.seq"
+    "DELETE FROM mailbox m USING unnest(%b::bytea[], %b::bigint[], %b::bytea[]) AS d (recipient, seq, eid)"
+    " WHERE m.recipient = d.recipient AND m.seq = d.seq AND (d.eid = ''::bytea OR m.envelope_id = d.eid)"
+    " RETURNING m.recipient, m.seq"
 )
+"""A receipt's rows; an empty ``eid`` matches any envelope id (a caller that gave none)."""
 
 
 class _Batch:
@@ -336,7 +342,7 @@ class _Batch:
     def __init__(self) -> None:
         self.rows: list[StoredEnvelope] = []
         self.appenders: list[tuple[int, int, asyncio.Future[list[tuple[int, bool]]]]] = []
-        self.deleters: list[tuple[AccountId, list[int], asyncio.Future[int]]] = []
+        self.deleters: list[tuple[AccountId, list[int], list[bytes] | None, asyncio.Future[int]]] = []
         self.barriers: list[asyncio.Future[None]] = []
         self.first: dict[tuple[AccountId, bytes], int] = {}
         """(recipient, envelope id) -> index of its row in plan()'s list."""
@@ -384,7 +390,7 @@ class _Batch:
                 out.append((seq, new and self.is_first[i]))
             if not future.done():
                 future.set_result(out)
-        for recipient, seqs, deleted in self.deleters:
+        for recipient, seqs, _, deleted in self.deleters:
             count = 0
             for q in dict.fromkeys(seqs):  # a seq named twice counts once
                 if (recipient, q) in gone:
@@ -445,11 +451,13 @@ class PostgresMailboxStore:
         batch.appenders.append((start, len(batch.rows), future))
         return await future
 
-    async def delete(self, recipient: AccountId, seqs: list[int]) -> int:
+    async def delete(
+        self, recipient: AccountId, seqs: list[int], envelope_ids: list[bytes] | None = None
+    ) -> int:
         if not seqs:
             return 0
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._current().deleters.append((recipient, seqs, future))
+        self._current().deleters.append((recipient, seqs, envelope_ids, future))
         return await future
 
     async def flushed(self) -> None:
@@ -475,7 +483,11 @@ class PostgresMailboxStore:
     async def _commit(self, batch: _Batch) -> None:
         unique, ranks = batch.plan()
         recipients = sorted({e.recipient for e in unique})
-        deletes = [(r, q) for r, seqs, _ in batch.deleters for q in seqs]
+        deletes = [
+            (r, q, b"" if ids is None else ids[i])
+            for r, seqs, ids, _ in batch.deleters
+            for i, q in enumerate(seqs)
+        ]
         if not unique and not deletes:  # only barriers, or appends refused by _check_recipients
             batch.answer([], set())
             return
@@ -501,7 +513,9 @@ class PostgresMailboxStore:
                     )
                 if deletes:
                     deleted = await conn.execute(
-                        _DELETE, ([r for r, _ in deletes], [q for _, q in deletes]), binary=True
+                        _DELETE,
+                        ([r for r, _, _ in deletes], [q for _, q, _ in deletes], [e for *_, e in deletes]),
+                        binary=True,
                     )
             stored = [] if appended is None else await appended.fetchall()
             gone = [] if deleted is None else await deleted.fetchall()

@@ -294,13 +294,26 @@ class _AppendBatch:
 class _DeleteWork:
     name = "mailbox_delete"
 
-    def __init__(self, recipient: AccountId, seqs: list[int], future: asyncio.Future[int]) -> None:
-        self._rows = [(recipient, seq) for seq in seqs]
+    def __init__(
+        self,
+        recipient: AccountId,
+        seqs: list[int],
+        envelope_ids: list[bytes] | None,
+        future: asyncio.Future[int],
+    ) -> None:
+        self._rows: list[tuple[AccountId, int]] | list[tuple[AccountId, int, bytes]]
+        if envelope_ids is None:
+            self._rows = [(recipient, seq) for seq in seqs]
+        else:
+            self._rows = [(recipient, seq, eid) for seq, eid in zip(seqs, envelope_ids, strict=True)]
         self._future = future
         self._deleted = 0
 
     def run(self, conn: sqlite3.Connection) -> None:
-        cur = conn.executemany("DELETE FROM mailbox WHERE recipient = ? AND seq = ?", self._rows)
+        sql = "DELETE FROM mailbox WHERE recipient = ? AND seq = ?"
+        if self._rows and len(self._rows[0]) == 3:
+            sql += " AND envelope_id = ?"
+        cur = conn.executemany(sql, self._rows)
         self._deleted = cur.rowcount
 
     def done(self, error: BaseException | None) -> None:
@@ -364,11 +377,13 @@ class SqliteMailboxStore:
         )
         return [MailboxItem(int(seq), bytes(eid), bytes(ct)) for seq, eid, ct in rows]
 
-    async def delete(self, recipient: AccountId, seqs: list[int]) -> int:
+    async def delete(
+        self, recipient: AccountId, seqs: list[int], envelope_ids: list[bytes] | None = None
+    ) -> int:
         if not seqs:
             return 0
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._db.group_commit(_DeleteWork(recipient, seqs, future))
+        self._db.group_commit(_DeleteWork(recipient, seqs, envelope_ids, future))
         return await future
 
     async def expire(self, today: int) -> int:
