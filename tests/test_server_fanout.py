@@ -20,6 +20,7 @@ from redis.asyncio import Redis
 from kluis.client.transport import RelayClientError
 from kluis.relay import frames as f
 from kluis.server import fanout as fanout_module
+from kluis.server.cluster import NodeError, start_nodes, stop_nodes
 from kluis.server.fanout import PRESENCE_TTL_S, RedisFanOut, service_digest
 from kluis.server.metrics import Metrics
 from kluis.server.storage.base import AccountId, MailboxItem
@@ -65,8 +66,40 @@ def test_envelope_accepted_by_one_node_reaches_a_recipient_on_another_at_once(
             assert max(latencies) < fanout_module.POLL_S / 2, latencies
             assert await metric(b, 'kluis_fanout_notices_total{direction="received"}') >= 5
             assert await metric(a, 'kluis_fanout_notices_total{direction="sent"}') >= 5
+            await redis_holds_nothing_identifying(redis_server, [alice.account, bob.account, bob.token])
 
     run(scenario())
+
+
+async def redis_holds_nothing_identifying(server: RedisServer, secrets: list[bytes]) -> None:
+    """Redis holds presence entries (keyed hashes -> random ids) and the service check, nothing else."""
+    client = Redis.from_url(server.url)
+    try:
+        dump = b""
+        async for key in client.scan_iter():
+            assert key.startswith(b"kluis:p:") or key == b"kluis:service", key
+            value = await client.get(key)
+            assert isinstance(value, bytes)
+            if key.startswith(b"kluis:p:"):
+                assert 0 < await client.ttl(key) <= PRESENCE_TTL_S
+            dump += key + value
+        assert dump.count(b"kluis:p:") == 2  # the two connected accounts
+        for secret in secrets:
+            assert secret not in dump
+            assert secret.hex().encode() not in dump
+    finally:
+        await client.aclose()
+
+
+def test_a_node_whose_files_differ_from_the_service_refuses_to_start(
+    tmp_path: Path, postgres_url: str, redis_server: RedisServer
+) -> None:
+    first = start_nodes(1, data_dir=tmp_path / "one", database=postgres_url, redis=redis_server.url)
+    try:
+        with pytest.raises(NodeError, match=r"send-pass\.key or TLS certificate differs"):
+            start_nodes(1, data_dir=tmp_path / "other", database=postgres_url, redis=redis_server.url)
+    finally:
+        stop_nodes(first)
 
 
 def test_second_connection_on_another_node_closes_the_first_and_key_stock_follows(

@@ -483,39 +483,29 @@ class RedisFanOut:
             try:
                 await self._send_once()
             except (RedisError, OSError, TimeoutError):
-                # Kept for later: claims are redone by the next subscription, releases expire by
-                # themselves, notices are sent once Redis answers (meanwhile the receivers poll).
-                self._claims.clear()
-                self._releases.clear()
+                # Everything is kept and sent once Redis answers (meanwhile the receivers poll; a
+                # new subscription claims every connection anyway).
                 await asyncio.sleep(RETRY_S)
                 if self.degraded:
                     return  # the subscription's comeback calls _schedule
 
     async def _send_once(self) -> None:
-        scripts = self._scripts
+        """Claims, releases, then notices: each kind in one script call (kept if the call fails)."""
         if self._claims:
-            claims, self._claims = self._claims, {}
-            args: list[str | int | bytes] = [PRESENCE_TTL_S]
-            for tag, value in claims.items():
-                args += [tag, value]
-            await scripts["C"](args=args)
-            # Envelopes stored elsewhere between the connection's first fetch and this claim were
-            # announced to no one (or to the node it replaced): fetch once more.
-            for tag, value in claims.items():
-                local = self._by_tag.get(tag)
-                if local is not None and local.value == value:
-                    local.sink.notice()
+            await self._send_claims()
         if self._releases:
             releases, self._releases = self._releases, {}
-            args = []
-            for tag, value in releases.items():
-                args += [tag, value]
-            await scripts["D"](args=args)
+            try:
+                await self._scripts["D"](args=[x for pair in releases.items() for x in pair])
+            except BaseException:
+                # Kept; a release only removes an entry that still holds its own value.
+                self._releases = {**releases, **self._releases}
+                raise
         if self._pending_n:
             # Taken out before the call: a notice queued while it runs goes in the next call.
             pending, self._pending_n = self._pending_n, {}
             try:
-                await scripts["N"](args=[self.node, "N", *pending])
+                await self._scripts["N"](args=[self.node, "N", *pending])
             except BaseException:
                 pending.update(self._pending_n)  # not sent: kept for the next attempt
                 self._pending_n = pending
@@ -526,11 +516,25 @@ class RedisFanOut:
                 items = self._pending[kind]
                 self._pending[kind] = []
                 try:
-                    await scripts["N"](args=[self.node, kind, *items])
+                    await self._scripts["N"](args=[self.node, kind, *items])
                 except BaseException:
                     self._pending[kind] = items + self._pending[kind]
                     raise
                 self._metrics.fanout_notices("sent", len(items))
+
+    async def _send_claims(self) -> None:
+        claims, self._claims = self._claims, {}
+        try:
+            await self._scripts["C"](args=[PRESENCE_TTL_S, *(x for pair in claims.items() for x in pair)])
+        except BaseException:
+            self._claims = {**claims, **self._claims}  # a newer claim of a tag wins
+            raise
+        # Envelopes stored elsewhere between the connection's first fetch and this claim were
+        # announced to no one (or to the node it replaced): fetch once more.
+        for tag, value in claims.items():
+            local = self._by_tag.get(tag)
+            if local is not None and local.value == value:
+                local.sink.notice()
 
 
 __all__ = ["FanOutError", "RedisFanOut", "service_digest"]

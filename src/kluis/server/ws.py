@@ -65,7 +65,7 @@ class SharedCursor:
     gone; then it fetches again (Connection._receipt_loop).
     """
 
-    __slots__ = ("last_wire", "present", "rows")
+    __slots__ = ("_top", "last_wire", "present", "rows")
 
     def __init__(self) -> None:
         self.present: dict[int, bytes] = {}
@@ -73,16 +73,27 @@ class SharedCursor:
         self.rows: dict[int, tuple[int, bytes]] = {}
         """wire seq -> (storage seq, envelope id) of every delivery not yet receipted."""
         self.last_wire = 0
+        self._top = 0
+        """max(present), or 0: kept up to date rather than computed for every envelope."""
 
     def after(self) -> int:
-        return max(self.present, default=0)
+        return self._top
 
     def sent(self, item: MailboxItem) -> int:
         """Records a delivery; returns the seq the client sees."""
         self.present[item.seq] = item.envelope_id
+        self._top = max(self._top, item.seq)
         self.last_wire += 1
         self.rows[self.last_wire] = (item.seq, item.envelope_id)
         return self.last_wire
+
+    def deleted(self, seqs: list[int]) -> None:
+        """These envelopes are gone from the mailbox (this connection's receipts were committed)."""
+        present = self.present
+        for seq in seqs:
+            present.pop(seq, None)
+        if self._top not in present:
+            self._top = max(present, default=0)
 
 
 class Closing(Exception):
@@ -525,8 +536,7 @@ class Connection:
                 log.warning("deleting receipted envelopes failed")
                 continue
             if shared is not None:
-                for seq in seqs:
-                    shared.present.pop(seq, None)
+                shared.deleted(seqs)
                 if deleted < len(seqs):  # someone else deleted some: the cursor may have sat too high
                     self._request_fetch()
 
