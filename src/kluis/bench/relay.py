@@ -25,10 +25,7 @@ import asyncio
 import math
 import multiprocessing
 import os
-import re
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,15 +37,11 @@ from pathlib import Path
 from typing import Any
 
 from kluis.bench.relay_load import PAYLOAD_BYTES, raise_nofile, worker_main
+from kluis.bench.services import BenchError, Deployment, Nodes
 
 WORKLOADS = ("w1", "w1_batched", "w2", "w3", "w4")
-START_TIMEOUT_S = 30.0
-STOP_TIMEOUT_S = 20.0
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-class BenchError(Exception):
-    """The benchmark could not run (server did not start, a generator failed or timed out)."""
+BACKENDS = ("sqlite", "postgres")
 
 
 @dataclass(frozen=True)
@@ -64,6 +57,12 @@ class Options:
     w4_connections: int = 10_000
     w4_seconds: float = 60.0
     workloads: tuple[str, ...] = WORKLOADS
+    backend: str = "sqlite"
+    database: str | None = None
+    """An existing PostgreSQL database (``--database URL``); None starts a throwaway cluster."""
+    nodes: int = 1
+    redis: str | None = None
+    """Redis for several nodes (``--redis URL``); None starts a throwaway redis-server."""
 
 
 QUICK = Options(
@@ -84,84 +83,13 @@ def log(text: str) -> None:
     print(f"kluis bench relay: {text}", file=sys.stderr, flush=True)
 
 
-# -- the server process -------------------------------------------------------------------------
-
-
-class ServerProcess:
-    """``kluis server`` in a child process; only this process is ever signalled (by its PID)."""
-
-    def __init__(self, data_dir: Path, log_path: Path, max_connections: int) -> None:
-        self.data_dir = data_dir
-        self.log_path = log_path
-        self.max_connections = max_connections
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.url = ""
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def start(self) -> None:
-        env = dict(os.environ)
-        # The default (10,000) is W4's count exactly; leave room for the control streams.
-        env["KLUIS_SERVER_MAX_CONNECTIONS"] = str(self.max_connections)
-        cmd = [
-            sys.executable,
-            "-c",
-            "from kluis.cli.main import main; main()",
-            "server",
-            "--data",
-            str(self.data_dir),
-            "--listen",
-            "127.0.0.1:0",
-            "--insecure-loopback",
-        ]
-        with self.log_path.open("wb") as err:
-            # The open-file limit was raised in this process (raise_nofile); the child inherits it.
-            self.proc = subprocess.Popen(  # noqa: S603 - our own interpreter and fixed arguments
-                cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, env=env
-            )
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            text = self.log_path.read_text(errors="replace")
-            found = re.search(r"listening on (ws://\S+)", text)
-            if found:
-                self.url = found.group(1)
-                return
-            if self.proc.poll() is not None:
-                raise BenchError(f"the server exited ({self.proc.returncode}): {text.strip()[-500:]}")
-            time.sleep(0.05)
-        raise BenchError("the server did not announce its URL in time")
-
-    def cpu_seconds(self) -> float:
-        stat = Path(f"/proc/{self.pid}/stat").read_text()
-        fields = stat[stat.rindex(")") + 2 :].split()
-        return (int(fields[11]) + int(fields[12])) / _CLK_TCK  # utime, stime (fields 14, 15)
-
-    def rss_kib(self) -> int:
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-        raise BenchError("no VmRSS for the server process")
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(STOP_TIMEOUT_S)
-
-
-async def _make_codes(data_dir: Path, count: int) -> list[str]:
+async def _make_codes(target: str | Path, count: int) -> list[str]:
+    """``count`` activation codes written straight into the storage (SQLite file or PostgreSQL URL)."""
     from kluis.server.codes import hash_code, new_code
-    from kluis.server.storage import database_path, open_storage
+    from kluis.server.storage import open_storage
 
     codes = [new_code() for _ in range(count)]
-    storage = await open_storage(database_path(data_dir), fsync=False)
+    storage = await open_storage(target, fsync=False)
     try:
         await storage.codes.add_codes([hash_code(c) for c in codes], 30)
     finally:
@@ -176,6 +104,7 @@ async def _make_codes(data_dir: Path, count: int) -> list[str]:
 class Run:
     results: list[dict[str, Any]]
     server_cpu_s: float = 0.0
+    services_cpu_s: float | None = None
     machine_cpu_s: float = 0.0
     marks: dict[str, int] | None = None
 
@@ -191,12 +120,18 @@ def _sleep_until(at: float) -> None:
     time.sleep(max(0.0, at - time.monotonic()))
 
 
-def _spawn(specs: list[dict[str, Any]], url: str) -> tuple[list[Any], list[Connection]]:
+Target = Callable[[Connection, dict[str, Any]], None]
+
+
+def _spawn(
+    specs: list[dict[str, Any]], urls: list[str], target: Target
+) -> tuple[list[Any], list[Connection]]:
     ctx = multiprocessing.get_context("spawn")
     procs, conns = [], []
     for spec in specs:
         parent, child = ctx.Pipe()
-        proc = ctx.Process(target=worker_main, args=(child, {**spec, "url": url}), daemon=True)
+        args = (child, {**spec, "url": urls[0], "urls": urls})
+        proc = ctx.Process(target=target, args=args, daemon=True)
         proc.start()
         child.close()
         procs.append(proc)
@@ -205,19 +140,21 @@ def _spawn(specs: list[dict[str, Any]], url: str) -> tuple[list[Any], list[Conne
 
 
 def run_workers(
-    server: ServerProcess,
+    server: Nodes,
     specs: list[dict[str, Any]],
     *,
     window: tuple[float, float] | None = None,
     on_mark: Callable[[tuple[Any, ...]], Any] | None = None,
     timeout: float,
+    target: Target = worker_main,
 ) -> Run:
     """Starts one generator process per spec and serves their pipes until each reports.
 
-    With ``window`` = (warm-up, seconds), every generator starts at one shared instant, and the server's
-    CPU time is sampled at the start and end of the measured window.
+    Each spec gets the nodes' ``urls`` (and ``url``, the first). With ``window`` = (warm-up, seconds),
+    every generator starts at one shared instant, and the nodes' CPU time is sampled at the start and
+    end of the measured window.
     """
-    procs, conns = _spawn(specs, server.url)
+    procs, conns = _spawn(specs, server.urls, target)
     run = Run([])
     results: dict[Connection, dict[str, Any]] = {}
     ready: set[Connection] = set()
@@ -252,18 +189,19 @@ def run_workers(
                 proc.join(timeout=5)
 
 
-def _start(
-    conns: list[Connection], window: tuple[float, float] | None, server: ServerProcess, run: Run
-) -> None:
+def _start(conns: list[Connection], window: tuple[float, float] | None, server: Nodes, run: Run) -> None:
     start = time.monotonic() + 0.5
     for conn in conns:
         conn.send(start)
     if window is not None:
         warmup, seconds = window
         _sleep_until(start + warmup)
-        before, machine = server.cpu_seconds(), machine_busy_seconds()
+        before, services, machine = server.cpu_seconds(), server.services_cpu(), machine_busy_seconds()
         _sleep_until(start + warmup + seconds)
         run.server_cpu_s = server.cpu_seconds() - before
+        after = server.services_cpu()
+        if services is not None and after is not None:
+            run.services_cpu_s = after - services
         run.machine_cpu_s = machine_busy_seconds() - machine
 
 
@@ -293,9 +231,7 @@ def _split(n: int, parts: int) -> list[int]:
 # -- workloads ----------------------------------------------------------------------------------
 
 
-def _pairs(
-    server: ServerProcess, opts: Options, codes: Iterator[str], mode: str, workers: int
-) -> dict[str, Any]:
+def _pairs(server: Nodes, opts: Options, codes: Iterator[str], mode: str, workers: int) -> dict[str, Any]:
     specs = []
     for share in _split(opts.pairs, workers):
         specs.append(
@@ -314,6 +250,7 @@ def _pairs(
     generator_cpu_s = sum(r["cpu_s"] for r in run.results)
     received = sum(r["received"] for r in run.results)
     acked = sum(r["acked"] for r in run.results)
+    services_cpu_s = run.services_cpu_s or 0.0
     return {
         "msgs_per_s": round(sum(r["in_window"] for r in run.results) / opts.seconds, 1),
         "p50_ms": percentile_ms(ordered, 50),
@@ -322,8 +259,12 @@ def _pairs(
         "server_cpu_pct": _pct(run.server_cpu_s, opts.seconds),
         "generator_cpu_pct": _pct(generator_cpu_s, opts.seconds),
         "generator_processes": len(specs),
-        # Everything else that ran meanwhile (another engineer's tests?): machine - server - generators.
-        "other_cpu_pct": _pct(run.machine_cpu_s - run.server_cpu_s - generator_cpu_s, opts.seconds),
+        # PostgreSQL and Redis, when the bench started them (None on SQLite: it runs inside the node).
+        "database_cpu_pct": None if run.services_cpu_s is None else _pct(services_cpu_s, opts.seconds),
+        # Everything else that ran meanwhile (another engineer's tests?): machine - ours.
+        "other_cpu_pct": _pct(
+            run.machine_cpu_s - run.server_cpu_s - generator_cpu_s - services_cpu_s, opts.seconds
+        ),
         "sent": sum(r["sent"] for r in run.results),
         "acked": acked,
         "rejected": sum(r["rejected"] for r in run.results),
@@ -332,17 +273,17 @@ def _pairs(
     }
 
 
-def w1(server: ServerProcess, opts: Options, codes: Iterator[str], batched: bool) -> dict[str, Any]:
+def w1(server: Nodes, opts: Options, codes: Iterator[str], batched: bool) -> dict[str, Any]:
     result = _pairs(server, opts, codes, "batched" if batched else "single", opts.workers)
     del result["max_ms"]
     return result
 
 
-def w2(server: ServerProcess, opts: Options, codes: Iterator[str]) -> dict[str, Any]:
+def w2(server: Nodes, opts: Options, codes: Iterator[str]) -> dict[str, Any]:
     return _pairs(server, opts, codes, "paced", 1)  # one generator carries 500 msg/s easily
 
 
-def w3(server: ServerProcess, opts: Options, codes: Iterator[str]) -> dict[str, Any]:
+def w3(server: Nodes, opts: Options, codes: Iterator[str]) -> dict[str, Any]:
     spec = {
         "kind": "store",
         "codes": [next(codes) for _ in range(1 + opts.w3_recipients)],
@@ -362,7 +303,7 @@ def w3(server: ServerProcess, opts: Options, codes: Iterator[str]) -> dict[str, 
     }
 
 
-def w4(server: ServerProcess, opts: Options, codes: Iterator[str]) -> dict[str, Any]:
+def w4(server: Nodes, opts: Options, codes: Iterator[str]) -> dict[str, Any]:
     spec = {
         "kind": "idle",
         "codes": [next(codes) for _ in range(opts.w4_connections)],
@@ -403,13 +344,20 @@ def run(opts: Options) -> dict[str, Any]:
     nofile = raise_nofile()
     load_before = os.getloadavg()
     tmp = Path(tempfile.mkdtemp(prefix="kluis-bench-relay-"))
-    server = ServerProcess(tmp / "data", tmp / "server.log", max_connections=opts.w4_connections + 1000)
+    deployment = Deployment(
+        tmp,
+        backend=opts.backend,
+        database=opts.database,
+        nodes=opts.nodes,
+        redis=opts.redis,
+        max_connections=opts.w4_connections + 1000,
+    )
     out: dict[str, Any] = {}
     try:
-        (tmp / "data").mkdir(mode=0o700)
-        codes = iter(asyncio.run(_make_codes(tmp / "data", _codes_needed(opts))))
-        server.start()
-        log(f"server pid {server.pid} at {server.url}")
+        target = deployment.prepare()
+        codes = iter(asyncio.run(_make_codes(target, _codes_needed(opts))))
+        server = deployment.start_nodes()
+        log(f"server pid(s) {' '.join(map(str, server.pids))} at {' '.join(server.urls)} ({opts.backend})")
         for name in WORKLOADS:
             if name not in opts.workloads:
                 continue
@@ -425,17 +373,22 @@ def run(opts: Options) -> dict[str, Any]:
                 out[name] = w4(server, opts, codes)
             log(f"{name} done in {time.monotonic() - started:.1f} s: {out[name]}")
     finally:
-        server.stop()
+        deployment.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     out["config"] = {
-        **{k: v for k, v in asdict(replace(opts, workloads=())).items() if k != "workloads"},
+        **{
+            k: v
+            for k, v in asdict(replace(opts, workloads=())).items()
+            if k not in ("workloads", "database", "redis")  # a URL may carry a password
+        },
+        **deployment.describe(),
         "workloads": list(opts.workloads),
         "payload_bytes": PAYLOAD_BYTES,
         "payload": "opaque bytes (send timestamp + filler), not sealed envelopes: the relay never opens them",
         "in_flight_per_sender": 32,
         "w1_connections": "each pair: receiver mailbox stream + anonymous send stream "
         "(the sender's own mailbox stream fetched the day's pass, then closed)",
-        "server": "kluis server --insecure-loopback (separate process, default config, no fsync; "
+        "server": "kluis server --insecure-loopback (separate process per node, default config, no fsync; "
         "KLUIS_SERVER_MAX_CONNECTIONS = w4_connections + 1000)",
         "registration": "over HTTP, concurrently, by the generator processes",
         "cpu_count": os.cpu_count(),
@@ -449,4 +402,4 @@ def run(opts: Options) -> dict[str, Any]:
     return out
 
 
-__all__ = ["QUICK", "BenchError", "Options", "run"]
+__all__ = ["QUICK", "BenchError", "Options", "run", "run_workers"]

@@ -301,6 +301,12 @@ async def _paced(
         reader.cancel()
 
 
+def _node(spec: dict[str, Any], k: int) -> str:
+    """The URL of the node that stream ``k`` uses: streams are spread over the nodes in turn."""
+    urls: list[str] = spec.get("urls") or [spec["url"]]
+    return urls[k % len(urls)]
+
+
 async def run_pairs(ctl: Control, spec: dict[str, Any]) -> dict[str, Any]:
     url, codes, mode = spec["url"], spec["codes"], spec["mode"]
     pairs = len(codes) // 2
@@ -308,8 +314,17 @@ async def run_pairs(ctl: Control, spec: dict[str, Any]) -> dict[str, Any]:
     async with new_session() as session:
         accounts = await register(RelayHttp(session, url, False), codes)
         senders, targets = accounts[:pairs], accounts[pairs:]
-        rx = await bounded(targets, CONNECT_CONCURRENCY, lambda a: receiver(session, url, a))
-        tx = await bounded(senders, CONNECT_CONCURRENCY, lambda a: sender_stream(session, url, a))
+        # With several nodes, a pair's sender and receiver sit on different nodes (fan-out between them).
+        rx = await bounded(
+            list(enumerate(targets)),
+            CONNECT_CONCURRENCY,
+            lambda p: receiver(session, _node(spec, p[0]), p[1]),
+        )
+        tx = await bounded(
+            list(enumerate(senders)),
+            CONNECT_CONCURRENCY,
+            lambda p: sender_stream(session, _node(spec, p[0] + 1), p[1]),
+        )
         start = float(await ctl.ask("ready"))
         st.t0 = start + spec["warmup"]
         st.t1 = st.t0 + spec["seconds"]
@@ -409,7 +424,7 @@ async def run_store(ctl: Control, spec: dict[str, Any]) -> dict[str, Any]:
         own = await mailbox(session, url, sender)
         send_pass = await own.send_pass()
         await own.close()
-        tx = [await SendStream.connect(session, url, send_pass, False) for _ in range(streams)]
+        tx = [await SendStream.connect(session, _node(spec, j), send_pass, False) for j in range(streams)]
         routes = [route_of(r.account, r.token) for r in recipients]
         work = [(os.urandom(16), routes[k % len(routes)]) for k in range(total)]
         expected = [0] * len(recipients)
@@ -425,7 +440,10 @@ async def run_store(ctl: Control, spec: dict[str, Any]) -> dict[str, Any]:
         got: list[bytes] = []
         started = time.monotonic()
         await asyncio.gather(
-            *(_drain(session, url, r, n, got) for r, n in zip(recipients, expected, strict=True))
+            *(
+                _drain(session, _node(spec, k + 1), r, n, got)
+                for k, (r, n) in enumerate(zip(recipients, expected, strict=True))
+            )
         )
         drain_s = time.monotonic() - started
     received = set(got)
@@ -458,14 +476,15 @@ async def run_idle(ctl: Control, spec: dict[str, Any]) -> dict[str, Any]:
         register_s = time.monotonic() - started
         await ctl.ask("mark", "before")
 
-        async def connect(account: Account) -> MailboxStream | None:
+        async def connect(item: tuple[int, Account]) -> MailboxStream | None:
             try:
-                return await mailbox(session, url, account)
+                return await mailbox(session, _node(spec, item[0]), item[1])
             except (aiohttp.ClientError, OSError, TimeoutError, DecodeError, RelayClientError):
                 return None
 
         started = time.monotonic()
-        opened = [s for s in await bounded(accounts, CONNECT_CONCURRENCY, connect) if s is not None]
+        streams = await bounded(list(enumerate(accounts)), CONNECT_CONCURRENCY, connect)
+        opened = [s for s in streams if s is not None]
         connect_s = time.monotonic() - started
         holders = [asyncio.create_task(_hold(s.ws)) for s in opened]
         await asyncio.sleep(spec["seconds"])

@@ -27,14 +27,32 @@ import click
 @click.option("--w4-connections", type=click.IntRange(1, 100_000), help="Idle connections of W4 [10000].")
 @click.option("--w4-seconds", type=click.FloatRange(0), help="How long W4 holds them [60].")
 @click.option("--only", "workloads", help="Comma-separated subset of w1,w1_batched,w2,w3,w4 [all].")
+@click.option("--backend", type=click.Choice(["sqlite", "postgres"]), help="Relay storage [sqlite].")
+@click.option(
+    "--database",
+    metavar="URL",
+    help="An existing, dedicated PostgreSQL database (implies --backend postgres); without it the "
+    "bench starts a throwaway cluster. What the bench writes is left there.",
+)
+@click.option(
+    "--nodes",
+    type=click.IntRange(1, 64),
+    help="Relay processes sharing the database; streams are spread over them [1].",
+)
+@click.option("--redis", metavar="URL", help="Redis for --nodes N>1 (default: a throwaway redis-server).")
 def bench_relay(as_json: bool, quick: bool, workloads: str | None, **given: Any) -> None:
     """Relay throughput, latency, store-and-forward and idle memory, with a load generator in its own
-    processes against `kluis server` started on loopback for the run (and stopped after it)."""
+    processes against `kluis server` started on loopback for the run (and stopped after it): on
+    SQLite, or on PostgreSQL (a throwaway cluster the bench starts, or --database), with one node or
+    several (--nodes, fan-out through Redis)."""
     from dataclasses import replace
 
     from kluis.bench.relay import QUICK, BenchError, Options, run
 
-    opts = replace(QUICK if quick else Options(), **{k: v for k, v in given.items() if v is not None})
+    values = {k: v for k, v in given.items() if v is not None}
+    if "database" in values and "backend" not in values:
+        values["backend"] = "postgres"
+    opts = replace(QUICK if quick else Options(), **values)
     if workloads:
         opts = replace(opts, workloads=tuple(w.strip() for w in workloads.split(",") if w.strip()))
     try:

@@ -9,6 +9,7 @@ import click
 
 from kluis.cli.admin import admin
 from kluis.cli.bench_relay import bench_relay
+from kluis.cli.bench_skyecc import bench_skyecc
 from kluis.cli.client_cmds import COMMANDS
 from kluis.cli.server import server
 
@@ -72,6 +73,7 @@ def demo() -> None:
 
 
 bench.add_command(bench_relay)
+bench.add_command(bench_skyecc)
 cli.add_command(admin)
 cli.add_command(server)
 for _command in COMMANDS:

@@ -1,0 +1,569 @@
+"""What a relay benchmark starts for itself and stops after: relay nodes (``kluis server`` child
+processes), a throwaway PostgreSQL cluster and a throwaway Redis server.
+
+Every process is started here, by its own Popen handle, and only those are ever signalled (by PID).
+PostgreSQL refuses to run as root, so under root ``initdb`` and ``pg_ctl`` run as the ``postgres``
+system user (``runuser``) in a directory it owns, as tests/pg_support.py does for the tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+START_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 20.0
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+PG_USER = "kluis"
+PG_DATABASE = "kluis_bench"
+PG_SETTINGS = (
+    "-c listen_addresses=127.0.0.1",
+    "-c max_connections=200",
+    "-c shared_buffers=256MB",
+    "-c max_wal_size=4GB",
+    "-c log_min_messages=warning",
+)
+"""The throwaway cluster's settings: the defaults (``fsync`` and ``synchronous_commit`` on: durable
+commits) but more shared buffers and WAL between checkpoints than a test cluster needs."""
+
+
+class BenchError(Exception):
+    """The benchmark could not run (a server did not start, a generator failed or timed out)."""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of one process (/proc/<pid>/stat); 0 if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK  # utime, stime (fields 14, 15)
+
+
+def _children(pid: int) -> Iterator[int]:
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            stat = (entry / "stat").read_text()
+            if int(stat[stat.rindex(")") + 2 :].split()[1]) == pid:
+                yield int(entry.name)
+
+
+# -- relay nodes --------------------------------------------------------------------------------
+
+
+class ServerProcess:
+    """``kluis server --insecure-loopback`` in a child process, on SQLite in its data directory or on
+    ``database``, with ``redis`` for multi-node fan-out when given."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        log_path: Path,
+        max_connections: int,
+        *,
+        database: str | None = None,
+        redis: str | None = None,
+    ) -> None:
+        self.data_dir = data_dir
+        self.log_path = log_path
+        self.max_connections = max_connections
+        self.database = database
+        self.redis = redis
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = ""
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self) -> None:
+        env = dict(os.environ)
+        # The default (10,000) is W4's count exactly; leave room for the control streams.
+        env["KLUIS_SERVER_MAX_CONNECTIONS"] = str(self.max_connections)
+        cmd = [
+            sys.executable,
+            "-c",
+            "from kluis.cli.main import main; main()",
+            "server",
+            "--data",
+            str(self.data_dir),
+            "--listen",
+            "127.0.0.1:0",
+            "--insecure-loopback",
+        ]
+        if self.database is not None:
+            cmd += ["--database", self.database]
+        if self.redis is not None:
+            cmd += ["--redis", self.redis]
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with self.log_path.open("wb") as err:
+            # The open-file limit was raised in this process (raise_nofile); the child inherits it.
+            self.proc = subprocess.Popen(  # noqa: S603 - our own interpreter and fixed arguments
+                cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, env=env
+            )
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            text = self.log_path.read_text(errors="replace")
+            found = re.search(r"listening on (ws://\S+)", text)
+            if found:
+                self.url = found.group(1)
+                return
+            if self.proc.poll() is not None:
+                raise BenchError(f"the server exited ({self.proc.returncode}): {text.strip()[-500:]}")
+            time.sleep(0.05)
+        raise BenchError("the server did not announce its URL in time")
+
+    def cpu_seconds(self) -> float:
+        return process_cpu_seconds(self.pid)
+
+    def rss_kib(self) -> int:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise BenchError("no VmRSS for the server process")
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(STOP_TIMEOUT_S)
+
+
+class Nodes:
+    """N relay nodes sharing one database (and one Redis); the generators spread their streams over
+    their URLs. One node on SQLite is the default deployment."""
+
+    def __init__(self, servers: list[ServerProcess]) -> None:
+        self.servers = servers
+        self.services_cpu: Callable[[], float | None] = lambda: None
+        """CPU seconds of what the nodes use beside themselves (PostgreSQL, Redis), if measured."""
+
+    @classmethod
+    def start(
+        cls,
+        directory: Path,
+        count: int,
+        max_connections: int,
+        *,
+        database: str | None = None,
+        redis: str | None = None,
+    ) -> Nodes:
+        if count > 1 and database is None:
+            raise BenchError("--nodes N>1 needs --backend postgres (nodes share one database)")
+        nodes = cls([])
+        try:
+            for k in range(count):
+                # One data directory for all: the send-pass secret (send-pass.key) must be the
+                # same on every node, since a client fetches its pass on one node and sends on
+                # another. Nodes start one after the other, so the first one creates it.
+                server = ServerProcess(
+                    directory / "data",
+                    directory / f"node{k}.log",
+                    max_connections,
+                    database=database,
+                    redis=redis,
+                )
+                nodes.servers.append(server)
+                server.start()
+        except BaseException:
+            nodes.stop()
+            raise
+        return nodes
+
+    @property
+    def urls(self) -> list[str]:
+        return [s.url for s in self.servers]
+
+    @property
+    def pids(self) -> list[int]:
+        return [s.pid for s in self.servers]
+
+    def cpu_seconds(self) -> float:
+        return sum(s.cpu_seconds() for s in self.servers)
+
+    def rss_kib(self) -> int:
+        return sum(s.rss_kib() for s in self.servers)
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.stop()
+
+
+def server_supports_redis() -> bool:
+    """Whether this build's ``kluis server`` takes ``--redis`` (multi-node fan-out, issue 5)."""
+    done = subprocess.run(
+        [sys.executable, "-c", "from kluis.cli.main import main; main()", "server", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    return "--redis" in done.stdout
+
+
+# -- PostgreSQL ---------------------------------------------------------------------------------
+
+
+def find_pg_bindir() -> Path:
+    """``$KLUIS_PG_BIN``, else the newest ``/usr/lib/postgresql/*/bin``, else ``initdb`` on PATH."""
+    configured = os.environ.get("KLUIS_PG_BIN")
+    candidates = [Path(configured)] if configured else []
+    if not configured:
+        candidates += sorted(
+            Path("/usr/lib/postgresql").glob("*/bin"),
+            key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
+            reverse=True,
+        )
+        on_path = shutil.which("initdb")
+        if on_path:
+            candidates.append(Path(on_path).resolve().parent)
+    for directory in candidates:
+        if all((directory / tool).is_file() for tool in ("initdb", "pg_ctl", "postgres")):
+            return directory
+    raise BenchError(
+        "no PostgreSQL server binaries (initdb, pg_ctl, postgres): install Debian's postgresql package, "
+        "set KLUIS_PG_BIN, or pass --database URL of an existing database"
+    )
+
+
+def _run_as() -> str | None:
+    if os.geteuid() != 0:
+        return None
+    for name in ("postgres", "nobody"):
+        with contextlib.suppress(KeyError):
+            pwd.getpwnam(name)
+            return name
+    raise BenchError("running as root and no unprivileged user (postgres, nobody) to run PostgreSQL")
+
+
+def _pg_parent(user: str | None) -> str | None:
+    """Where to make the cluster's directory: the usual temporary directory, unless PostgreSQL runs
+    as another user who could not reach it (a private TMPDIR); then /tmp."""
+    if user is None:
+        return None
+    base = Path(tempfile.gettempdir()).resolve()
+    if all(p.stat().st_mode & 0o001 for p in (base, *base.parents)):
+        return None
+    return "/tmp"  # noqa: S108 - world-traversable; the directory itself is made private (mkdtemp)
+
+
+@dataclass
+class PostgresCluster:
+    """A throwaway cluster: ``initdb`` into a temporary directory, ``pg_ctl start`` on a free loopback
+    port, one database for the bench; :meth:`stop` stops it and removes the directory."""
+
+    bindir: Path
+    directory: Path
+    port: int
+    user: str | None
+
+    @property
+    def datadir(self) -> Path:
+        return self.directory / "data"
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://{PG_USER}@127.0.0.1:{self.port}/{PG_DATABASE}"
+
+    def _command(self, *args: str) -> list[str]:
+        return [*(["runuser", "-u", self.user, "--"] if self.user else []), *args]
+
+    def _run(self, *args: str, timeout: float = START_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(  # noqa: S603 - PostgreSQL's own tools, fixed arguments
+            self._command(*args), capture_output=True, text=True, timeout=timeout, check=False
+        )
+
+    @classmethod
+    def start(cls) -> PostgresCluster:
+        bindir = find_pg_bindir()
+        user = _run_as()
+        directory = Path(tempfile.mkdtemp(prefix="kluis-bench-pg-", dir=_pg_parent(user)))
+        if user is not None:
+            shutil.chown(directory, user, user)
+        cluster = cls(bindir, directory, 0, user)
+        try:
+            cluster._initdb()
+            cluster._start()
+            cluster._createdb()
+        except BaseException:
+            cluster.stop()
+            raise
+        return cluster
+
+    def _initdb(self) -> None:
+        done = self._run(
+            str(self.bindir / "initdb"),
+            "-D",
+            str(self.datadir),
+            "-U",
+            PG_USER,
+            "--auth=trust",  # loopback only, the bench's own throwaway cluster
+            "--encoding=UTF8",
+            "--locale=C",
+            "--no-instructions",
+        )
+        if done.returncode != 0:
+            raise BenchError(f"initdb failed: {(done.stderr or done.stdout).strip()[-800:]}")
+
+    def _start(self) -> None:
+        log = self.directory / "server.log"
+        last = ""
+        for _ in range(3):  # another process may take the port between free_port() and the bind
+            self.port = free_port()
+            options = " ".join(
+                (*PG_SETTINGS, f"-p {self.port}", f"-c unix_socket_directories={self.directory}")
+            )
+            done = self._run(
+                str(self.bindir / "pg_ctl"),
+                "-D",
+                str(self.datadir),
+                "start",
+                "-w",
+                "-t",
+                str(int(START_TIMEOUT_S)),
+                "-l",
+                str(log),
+                "-o",
+                options,
+            )
+            if done.returncode == 0:
+                return
+            last = (done.stderr or done.stdout).strip()
+            with contextlib.suppress(OSError):
+                last += "\n" + log.read_text(errors="replace")[-1500:]
+        raise BenchError(f"pg_ctl start failed: {last}")
+
+    def _createdb(self) -> None:
+        import psycopg
+
+        admin = f"postgresql://{PG_USER}@127.0.0.1:{self.port}/postgres"
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{PG_DATABASE}" TEMPLATE template0')
+
+    def postmaster_pid(self) -> int | None:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            return int((self.datadir / "postmaster.pid").read_text().split()[0])
+        return None
+
+    def cpu_seconds(self) -> float:
+        """CPU seconds of the postmaster and its live children (the backends serving the relay).
+
+        A backend that exited between two samples takes its CPU time with it: the relay's pool keeps
+        its connections open, so over a run that is the rare reconnection."""
+        pid = self.postmaster_pid()
+        if pid is None:
+            return 0.0
+        return process_cpu_seconds(pid) + sum(process_cpu_seconds(c) for c in _children(pid))
+
+    def stop(self) -> None:
+        if self.datadir.joinpath("postmaster.pid").exists():
+            self._run(str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "stop", "-m", "fast", "-w")
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+# -- Redis --------------------------------------------------------------------------------------
+
+
+def _redis_ping(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1.0) as s:
+            s.sendall(b"*1\r\n$4\r\nPING\r\n")
+            return s.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+@dataclass
+class RedisServer:
+    """A throwaway ``redis-server`` on a free loopback port, saving nothing to disk."""
+
+    directory: Path
+    port: int
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @classmethod
+    def start(cls) -> RedisServer:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise BenchError("no redis-server: install Debian's redis-server package or pass --redis URL")
+        server = cls(Path(tempfile.mkdtemp(prefix="kluis-bench-redis-")), free_port())
+        args = ["--port", str(server.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        args += ["--dir", str(server.directory), "--logfile", str(server.directory / "redis.log")]
+        server.process = subprocess.Popen(  # noqa: S603 - the system's redis-server, fixed arguments
+            [binary, *args], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline and server.process.poll() is None:
+            if _redis_ping(server.port):
+                return server
+            time.sleep(0.02)
+        server.stop()
+        raise BenchError("redis-server did not start")
+
+    def cpu_seconds(self) -> float:
+        return 0.0 if self.process is None else process_cpu_seconds(self.process.pid)
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(STOP_TIMEOUT_S)
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+# -- a deployment: database, Redis and nodes together --------------------------------------------
+
+BACKENDS = ("sqlite", "postgres")
+
+
+class Deployment:
+    """What one benchmark run serves from: SQLite in a data directory, or PostgreSQL (a throwaway
+    cluster, or ``database``); with N > 1 nodes, Redis (``redis``, or a throwaway redis-server).
+
+    :meth:`prepare` brings up the database (so the caller can provision into :attr:`target` before a
+    node runs), :meth:`start_nodes` the relay nodes, :meth:`stop` everything it started.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        backend: str = "sqlite",
+        database: str | None = None,
+        nodes: int = 1,
+        redis: str | None = None,
+        max_connections: int,
+    ) -> None:
+        if backend not in BACKENDS:
+            raise BenchError(f"unknown backend {backend!r} (sqlite or postgres)")
+        if database is not None and backend != "postgres":
+            raise BenchError("--database is a PostgreSQL URL: it needs --backend postgres")
+        if nodes < 1:
+            raise BenchError("--nodes must be at least 1")
+        if nodes > 1 and backend != "postgres":
+            raise BenchError("--nodes N>1 needs --backend postgres (the nodes share one database)")
+        self.directory = directory
+        self.backend = backend
+        self.database = database
+        self.node_count = nodes
+        self.redis_url = redis
+        self.max_connections = max_connections
+        self.cluster: PostgresCluster | None = None
+        self.redis: RedisServer | None = None
+        self.nodes: Nodes | None = None
+        self.target: str = ""
+
+    def prepare(self) -> str:
+        """Starts what the nodes need; returns the storage target (a SQLite path or a URL)."""
+        if self.node_count > 1 and not server_supports_redis():
+            raise BenchError(
+                "--nodes N>1 needs --redis (multi-node support), which this kluis server does not have "
+                "yet (kluis server --help lists no --redis option)"
+            )
+        if self.node_count > 1 and self.redis_url is None:
+            self.redis = RedisServer.start()
+            self.redis_url = self.redis.url
+        if self.backend == "postgres":
+            if self.database is None:
+                self.cluster = PostgresCluster.start()
+                self.target = self.cluster.url
+            else:
+                self.target = self.database
+        else:
+            from kluis.server.storage import database_path
+
+            data = self.directory / "data"
+            data.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self.target = str(database_path(data))
+        return self.target
+
+    def start_nodes(self) -> Nodes:
+        database = self.target if self.backend == "postgres" else None
+        redis = self.redis_url if self.node_count > 1 else None
+        self.nodes = Nodes.start(
+            self.directory, self.node_count, self.max_connections, database=database, redis=redis
+        )
+        self.nodes.services_cpu = self.services_cpu_seconds
+        return self.nodes
+
+    def database_cpu_seconds(self) -> float | None:
+        """The throwaway cluster's CPU seconds (None for SQLite, inside the nodes, or a given URL)."""
+        return None if self.cluster is None else self.cluster.cpu_seconds()
+
+    def redis_cpu_seconds(self) -> float | None:
+        return None if self.redis is None else self.redis.cpu_seconds()
+
+    def services_cpu_seconds(self) -> float | None:
+        """PostgreSQL's and Redis's CPU seconds together (None when neither is ours to measure)."""
+        parts = [x for x in (self.database_cpu_seconds(), self.redis_cpu_seconds()) if x is not None]
+        return sum(parts) if parts else None
+
+    def describe(self) -> dict[str, object]:
+        """What ran, for the JSON's config (no URL: it may carry a password)."""
+        if self.backend == "postgres":
+            database = (
+                f"throwaway PostgreSQL cluster ({' '.join(PG_SETTINGS)})"
+                if self.cluster is not None
+                else "the PostgreSQL database given by --database"
+            )
+        else:
+            database = "SQLite in the node's data directory (WAL, no fsync: the server's default)"
+        out: dict[str, object] = {"backend": self.backend, "nodes": self.node_count, "database": database}
+        if self.node_count > 1:
+            out["redis"] = "throwaway redis-server" if self.redis is not None else "given by --redis"
+        return out
+
+    def stop(self) -> None:
+        for part in (self.nodes, self.redis, self.cluster):
+            if part is not None:
+                with contextlib.suppress(Exception):
+                    part.stop()
+
+
+__all__ = [
+    "BACKENDS",
+    "BenchError",
+    "Deployment",
+    "Nodes",
+    "PostgresCluster",
+    "RedisServer",
+    "ServerProcess",
+    "free_port",
+    "process_cpu_seconds",
+    "server_supports_redis",
+]
