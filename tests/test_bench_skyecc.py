@@ -7,6 +7,7 @@ stop them and clean up on its own.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -111,3 +112,34 @@ def test_client_frames_are_masked_and_server_frames_parse() -> None:
     server = bytes((0x82, 126)) + (300).to_bytes(2, "big") + payload + bytes((0x82, 5)) + b"abc"
     assert _frame_at(server, 0, len(server)) == (4, 304)
     assert _frame_at(server, 304, len(server)) is None  # the second frame is not complete yet
+
+
+def test_provisioned_accounts_are_registered_and_left_envelopes_are_counted(tmp_path: Path) -> None:
+    import asyncio
+
+    from kluis.bench.skyecc import _still_stored, derive, provision
+    from kluis.bench.skyecc_load import derive_account
+    from kluis.protocol.keys import IdentityPublicKey
+    from kluis.server.storage import AccountId, StoredEnvelope, open_storage
+
+    secret = os.urandom(32)
+    target = str(tmp_path / "kluis.db")
+    timing = provision(target, secret, 3, postgres=False)
+    assert set(timing) == {"keys_s", "store_s"}
+    account_id, identity, token = derive_account(secret, 2)
+    assert account_id == derive(secret, 2, b"id", 16)
+
+    async def check() -> None:
+        storage = await open_storage(target, fsync=False)
+        try:
+            account = await storage.accounts.get(AccountId(account_id))
+            assert account is not None
+            assert IdentityPublicKey.from_bytes(account.identity).to_bytes() == identity.public.to_bytes()
+            assert account.token_hash == hashlib.sha256(token).digest()
+            envelope = StoredEnvelope(AccountId(account_id), os.urandom(16), b"x" * 10, account.expires_day)
+            await storage.mailbox.append([envelope])
+        finally:
+            await storage.close()
+
+    asyncio.run(check())
+    assert asyncio.run(_still_stored(target, [account_id])) == 1

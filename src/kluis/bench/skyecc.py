@@ -158,6 +158,19 @@ def provision(target: str, secret: bytes, accounts: int, postgres: bool) -> dict
     return {"keys_s": round(keys_s, 2), "store_s": round(time.monotonic() - started, 2)}
 
 
+async def _still_stored(target: str, recipients: list[bytes]) -> int:
+    """Envelopes left in the mailboxes of ``recipients`` after the nodes stopped: ``lost`` envelopes
+    that are still stored were never pushed to their connected recipient (they would be delivered on
+    its next connection); the others are gone."""
+    from kluis.server.storage import AccountId, open_storage
+
+    storage = await open_storage(target, fsync=False)
+    try:
+        return sum([await storage.mailbox.count(AccountId(r)) for r in recipients])
+    finally:
+        await storage.close()
+
+
 # -- the run ------------------------------------------------------------------------------------
 
 
@@ -224,6 +237,8 @@ def run(opts: Options) -> dict[str, Any]:
 
         log(f"connecting {plan.connected:,} mailboxes and {opts.streams} send streams ...")
         (r,) = run_workers(nodes, [spec], on_mark=mark, timeout=6 * 3600, target=worker_main).results
+        nodes.stop()
+        still_stored = asyncio.run(_still_stored(target, r["lost_recipients"])) if r["lost"] else 0
     finally:
         deployment.stop()
         shutil.rmtree(tmp, ignore_errors=True)
@@ -240,6 +255,7 @@ def run(opts: Options) -> dict[str, Any]:
         "msgs_per_s": round(r["delivered"] / seconds, 1),
         "p99_ms": r["latency"]["p99_ms"],
         "lost": r["lost"],
+        "lost_still_stored": still_stored,
         "p50_ms": r["latency"]["p50_ms"],
         "p999_ms": r["latency"]["p999_ms"],
         "max_ms": r["latency"]["max_ms"],
@@ -288,6 +304,8 @@ def run(opts: Options) -> dict[str, Any]:
             "latency": "p*_ms: send to delivery of envelopes sent while their recipient was connected; "
             "ack_*: send to acknowledgement, per envelope",
             "resent": "envelopes the relay answered RATE_LIMITED or UNAVAILABLE, sent again",
+            "lost_still_stored": "envelopes left in the lost envelopes' recipients' mailboxes once the "
+            "nodes stopped (stored, never pushed)",
             "resent_unanswered": "envelopes not answered within 10 s, sent again with the same id "
             "(a relay that answers every SEND frame has 0)",
             "cpu_count": os.cpu_count(),

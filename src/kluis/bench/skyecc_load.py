@@ -520,7 +520,8 @@ async def run_day(ctl: Control, spec: dict[str, Any]) -> dict[str, Any]:
     for client in [*day.senders, *(m for m in day.mailboxes if m is not None)]:
         client.close()
     await asyncio.sleep(0.2)
-    lost = sum(1 for i in range(day.messages) if day.acked[i] and not day.delivered[i])
+    lost_ids = [i for i in range(day.messages) if day.acked[i] and not day.delivered[i]]
+    lost_recipients = sorted({day.account_ids[day.recips[i]] for i in lost_ids[:10_000]})
     unacked_delivered = sum(1 for i in range(day.messages) if day.delivered[i] and not day.acked[i])
     return {
         "seconds": t1 - t0,
@@ -531,7 +532,8 @@ async def run_day(ctl: Control, spec: dict[str, Any]) -> dict[str, Any]:
         "deliver_frames": day.deliver_frames,
         "acked": day.acked_count,
         "delivered": day.delivered_count,
-        "lost": lost,
+        "lost": len(lost_ids),
+        "lost_recipients": lost_recipients,
         "delivered_before_ack": unacked_delivered,
         "live": day.live,
         "stored": day.stored,

@@ -38,7 +38,9 @@ import click
 )
 @click.option("--streams", type=click.IntRange(1, 1000), help="Anonymous send streams [32].")
 @click.option(
-    "--frames-in-flight", type=click.IntRange(1, 64), help="Unacknowledged SEND frames per stream [2]."
+    "--frames-in-flight",
+    type=click.IntRange(1, 64),
+    help="Unanswered envelopes per send stream, in full SEND frames of 32 [2: 64 envelopes].",
 )
 @click.option("--backend", type=click.Choice(["sqlite", "postgres"]), help="Relay storage [sqlite].")
 @click.option(
