@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from kluis.bench.relay_load import PAYLOAD_BYTES, raise_nofile, worker_main
-from kluis.bench.services import BenchError, Deployment, Nodes
+from kluis.bench.services import BenchError, Deployment, Nodes, exit_on_sigterm
 
 WORKLOADS = ("w1", "w1_batched", "w2", "w3", "w4")
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -182,8 +182,9 @@ def run_workers(
         run.results = [results[c] for c in conns]
         return run
     finally:
+        finished = len(results) == len(conns)  # else a failure, a timeout or SIGTERM: no waiting
         for proc in procs:
-            proc.join(timeout=10)
+            proc.join(timeout=10 if finished else 0.1)
             if proc.is_alive():
                 proc.terminate()  # our own child, by its handle
                 proc.join(timeout=5)
@@ -338,6 +339,11 @@ def _codes_needed(opts: Options) -> int:
 
 def run(opts: Options) -> dict[str, Any]:
     """Runs the selected workloads; returns the JSON object ``kluis bench relay`` prints."""
+    with exit_on_sigterm():
+        return _run(opts)
+
+
+def _run(opts: Options) -> dict[str, Any]:
     unknown = set(opts.workloads) - set(WORKLOADS)
     if unknown:
         raise BenchError(f"unknown workloads: {', '.join(sorted(unknown))}")

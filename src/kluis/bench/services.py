@@ -70,6 +70,21 @@ def _children(pid: int) -> Iterator[int]:
                 yield int(entry.name)
 
 
+@contextlib.contextmanager
+def exit_on_sigterm() -> Iterator[None]:
+    """SIGTERM raises SystemExit while the bench runs, so its ``finally`` blocks stop what it started
+    and remove its temporary directories (Python's default for SIGTERM skips them)."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 # -- relay nodes --------------------------------------------------------------------------------
 
 
@@ -563,6 +578,7 @@ __all__ = [
     "PostgresCluster",
     "RedisServer",
     "ServerProcess",
+    "exit_on_sigterm",
     "free_port",
     "process_cpu_seconds",
     "server_supports_redis",

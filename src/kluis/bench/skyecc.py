@@ -44,7 +44,7 @@ from typing import Any
 
 from kluis.bench.relay import machine_busy_seconds, run_workers
 from kluis.bench.relay_load import raise_nofile
-from kluis.bench.services import BenchError, Deployment
+from kluis.bench.services import BenchError, Deployment, exit_on_sigterm
 from kluis.bench.skyecc_load import worker_main
 
 SKY_ECC_MESSAGES = 3_000_000
@@ -180,6 +180,11 @@ def _pct(cpu_s: float, wall_s: float) -> float:
 
 def run(opts: Options) -> dict[str, Any]:
     """Provisions, starts the nodes, replays the day; returns the JSON object the command prints."""
+    with exit_on_sigterm():
+        return _run(opts)
+
+
+def _run(opts: Options) -> dict[str, Any]:
     if opts.messages < 1 or opts.accounts < 2 or opts.hours < 1:
         raise BenchError("--messages, --accounts and --hours must be positive (at least 2 accounts)")
     if opts.envelope_bytes < 8:
