@@ -483,7 +483,8 @@ class Connection:
         if relay.all_cached(frame.envelopes):  # the common case, without a coroutine
             self._to_store.append(relay.screen_cached(frame.envelopes))
         else:
-            self._to_store.append(await relay.screen(frame.envelopes))
+            screened = await relay.screen(frame.envelopes)
+            self._to_store.append(screened)  # bound after the await: the store loop may swap the list
         if self._store_task is None or self._store_task.done():
             self._store_task = asyncio.ensure_future(self._store_loop())
 
