@@ -571,13 +571,12 @@ class Client:
             try:
                 link = await self._connected_link()
                 send_pass = await self._pass(link)
+                # One read for every entry's recipient (the outbox row's contact exists: ON DELETE CASCADE).
+                to = {c.id: c for c in self.store.contacts()}
                 results = await link.send_envelopes(
                     [
                         f.OutgoingEnvelope(
-                            e.envelope_id,
-                            _account_of(self.store, e.contact_id),
-                            _token_of(self.store, e.contact_id),
-                            e.envelope,
+                            e.envelope_id, to[e.contact_id].account, to[e.contact_id].token, e.envelope
                         )
                         for e in entries
                     ],
@@ -744,13 +743,7 @@ class Client:
 
     def _mark_seen(self, envelope_id: bytes) -> None:
         forget = int(self.clock()) + SEEN_RETENTION
-        self.store.run_interaction(
-            "seen",
-            lambda c: c.execute(
-                "INSERT OR IGNORE INTO seen_envelopes (envelope_id, forget_at) VALUES (?, ?)",
-                (envelope_id, forget),
-            ),
-        )
+        self.store.run_interaction("seen", lambda c: tables.insert_seen(c, envelope_id, forget))
 
     def _accept_delivery(self, delivery: f.Delivery) -> None:
         me = self.me
@@ -1065,16 +1058,6 @@ def _read_signed(data: bytes) -> SignedPublicKey:
     key = SignedPublicKey.read(r)
     r.done()
     return key
-
-
-def _account_of(store: ProfileStore, contact_id: int) -> bytes:
-    contact = store.contact_by_id(contact_id)
-    return contact.account if contact is not None else bytes(16)
-
-
-def _token_of(store: ProfileStore, contact_id: int) -> bytes:
-    contact = store.contact_by_id(contact_id)
-    return contact.token if contact is not None else bytes(32)
 
 
 def _displayed(row: StoredMessage, now: int, expires: int | None) -> StoredMessage:
