@@ -13,6 +13,7 @@ import asyncio
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -23,6 +24,7 @@ from kluis.server import fanout as fanout_module
 from kluis.server.cluster import NodeError, start_nodes, stop_nodes
 from kluis.server.fanout import PRESENCE_TTL_S, RedisFanOut, service_digest
 from kluis.server.metrics import Metrics
+from kluis.server.relay import Relay
 from kluis.server.storage.base import AccountId, MailboxItem
 from tests.cluster_support import (
     connect,
@@ -158,6 +160,56 @@ def test_no_envelope_is_skipped_when_nodes_number_a_mailbox_in_turn(
             await mailbox.close()
             again = await connect(bob, a)
             assert isinstance(await again.receive(), f.Drained)
+
+    run(scenario())
+
+
+def test_an_envelope_numbered_below_the_cursor_while_a_receipt_commits_is_still_delivered(
+    tmp_path: Path, postgres_url: str, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by ``kluis bench skyecc --nodes 2`` (acknowledged envelopes left stored, never pushed).
+    Node B's connection has sent seq 4 and its receipt's delete has committed, but the connection
+    has not yet learnt so (its cursor is still 4). Node A, whose counter is behind, numbers a new
+    envelope 1 (the mailbox is empty) and tells B, whose fetch asks for seqs above 4 and finds
+    nothing. Once the delete is known the cursor drops to 0: the connection must fetch again."""
+    gate: list[asyncio.Event] = []
+    real_receipt = Relay.receipt
+
+    async def receipt(self: Relay, *args: Any, **kwargs: Any) -> int:
+        deleted = await real_receipt(self, *args, **kwargs)
+        if gate:
+            await gate[0].wait()  # committed, not yet known to the connection
+        return deleted
+
+    monkeypatch.setattr(Relay, "receipt", receipt)
+
+    async def scenario() -> None:
+        codes = await database_codes(postgres_url, 2)
+        async with running_nodes(tmp_path, postgres_url, redis_server.url) as (a, b):
+            alice, bob = await new_user(a, codes[0]), await new_user(b, codes[1])
+            await connect(alice, a)
+            on_a, on_b = await sender_on(alice, a), await sender_on(alice, b)
+            mailbox = await connect(bob, b)
+            await mailbox.expect(f.Drained)
+            for n in range(3):  # node B's counter moves ahead; each is deleted at once
+                await on_b.send_envelopes([envelope_to(bob, n)])
+                await deliveries(mailbox, 1)
+            await asyncio.sleep(0.1)
+            gate.append(asyncio.Event())
+            await on_b.send_envelopes([envelope_to(bob, 3)])
+            await deliveries(mailbox, 1)  # its receipt's delete commits, then waits at the gate
+            await asyncio.sleep(0.1)
+            notices = await metric(b, 'kluis_fanout_notices_total{direction="received"}')
+            late = envelope_to(bob, 4)
+            assert await on_a.send_envelopes([late]) == {late.envelope_id: f.SendStatus.OK}
+            async with asyncio.timeout(5):  # B heard of it and fetched above its stale cursor
+                while await metric(b, 'kluis_fanout_notices_total{direction="received"}') == notices:
+                    await asyncio.sleep(0.02)
+            await asyncio.sleep(0.2)
+            gate[0].set()
+            # Well within the 2 s poll interval, which does not run anyway while Redis is up.
+            (got,) = await deliveries(mailbox, 1, timeout=fanout_module.POLL_S / 2)
+            assert got.envelope_id == late.envelope_id
 
     run(scenario())
 

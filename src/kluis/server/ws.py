@@ -62,7 +62,10 @@ class SharedCursor:
 
     If someone else deletes one of ``present`` (an older connection of the account acknowledging the
     same envelope), the cursor can sit too high until this connection's own delete finds that row
-    gone; then it fetches again (Connection._receipt_loop).
+    gone; then it fetches again (Connection._receipt_loop). And between the commit of this
+    connection's own delete and the moment it learns of it, the cursor is also too high: another node
+    may number a new envelope below it, and a fetch run in that window misses it; so a fetch that ran
+    then is run again once the cursor has dropped.
     """
 
     __slots__ = ("_top", "last_wire", "present", "rows")
@@ -136,6 +139,7 @@ class Connection:
         "_drained",
         "_error_sent",
         "_fetch_again",
+        "_fetches",
         "_flush_scheduled",
         "_frames",
         "_idle",
@@ -202,6 +206,8 @@ class Connection:
         """A running estimate of envelope sizes in this mailbox, for sizing fetches."""
         self._drained = False
         self._fetch_again = False
+        self._fetches = 0
+        """Mailbox fetches started so far (with _shared: did one run while a delete was unknown?)."""
         self._drain_task: asyncio.Future[None] | None = None
         self._limiter = RateLimiter(settings.send_rate, settings.send_burst)
         self._tasks: list[asyncio.Task[None]] = []
@@ -404,6 +410,7 @@ class Connection:
                 room = self._fetch_room()
                 shared = self._shared
                 after = self._sent_seq if shared is None else shared.after()
+                self._fetches += 1
                 try:
                     items = await self.relay.fetch(self.account, after, room)
                 except StorageError:
@@ -531,14 +538,20 @@ class Connection:
         while self._receipts:
             seqs, self._receipts = self._receipts, []
             ids, self._receipt_ids = self._receipt_ids, []
+            fetches = self._fetches
             try:
                 deleted = await self.relay.receipt(self.account, seqs, ids if shared is not None else None)
             except RelayError:  # storage failed: these envelopes are simply delivered again later
                 log.warning("deleting receipted envelopes failed")
                 continue
             if shared is not None:
+                cursor = shared.after()
                 shared.deleted(seqs)
-                if deleted < len(seqs):  # someone else deleted some: the cursor may have sat too high
+                # A fetch that ran while the delete was committed but not yet known here asked for
+                # seqs above the old cursor; another node, seeing the mailbox emptier, may have
+                # numbered a new envelope below it meanwhile (SharedCursor). Likewise when someone
+                # else deleted some of these: the cursor may have sat too high.
+                if deleted < len(seqs) or (fetches != self._fetches and shared.after() < cursor):
                     self._request_fetch()
 
     async def _on_upload(self, frame: f.UploadKeys) -> None:
