@@ -116,6 +116,10 @@ class ServerConfig(BaseSettings):
     """False: commits survive a crash of the process (SQLite WAL, synchronous=NORMAL). True: they also
     survive power loss (synchronous=FULL, an fsync per commit), at some latency cost."""
 
+    sqlite_cache_mib: int = Field(default=128, ge=1, le=65_536)
+    """SQLite's page cache in MiB (taken only as pages are touched). Too small, and a relay with many
+    connected mailboxes reads its account and mailbox pages back from the OS for every envelope."""
+
     retention_days: int = Field(default=7, ge=1, le=365)
     """Days an undelivered envelope waits in a mailbox before it expires and is deleted."""
 

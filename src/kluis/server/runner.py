@@ -109,7 +109,11 @@ async def serve(
         )
         await fanout.start()  # FanOutError: this node's files differ from the service's
     try:
-        storage = await open_storage(config.database or database_path(config.data_dir), fsync=config.fsync)
+        storage = await open_storage(
+            config.database or database_path(config.data_dir),
+            fsync=config.fsync,
+            sqlite_cache_mib=config.sqlite_cache_mib,
+        )
     except BaseException:
         if fanout is not None:
             await fanout.close()

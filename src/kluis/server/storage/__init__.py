@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from kluis.server.storage._sqlite_db import DEFAULT_CACHE_MIB
 from kluis.server.storage.base import (
     ACCOUNT_ID_LEN,
     ENVELOPE_ID_LEN,
@@ -68,7 +69,9 @@ def is_postgres_url(target: str) -> bool:
     return target.startswith(("postgresql://", "postgres://"))
 
 
-async def open_storage(url_or_path: str | Path, *, fsync: bool) -> Storage:
+async def open_storage(
+    url_or_path: str | Path, *, fsync: bool, sqlite_cache_mib: int = DEFAULT_CACHE_MIB
+) -> Storage:
     """Opens a backend: ``memory:``, ``sqlite:///abs/path.db``, a plain file path or a
     ``postgresql://`` URL (libpq's syntax: ``postgresql://user:password@host:port/dbname?sslmode=...``).
 
@@ -78,6 +81,7 @@ async def open_storage(url_or_path: str | Path, *, fsync: bool) -> Storage:
             Without it a commit survives a crash of the process, not of the machine. PostgreSQL
             always acknowledges after the commit is flushed (``synchronous_commit = on``); power-loss
             safety is the server's own ``fsync`` setting.
+        sqlite_cache_mib: SQLite only: its page cache.
 
     Raises:
         SchemaTooNew: the database was written by a newer, incompatible release.
@@ -101,4 +105,4 @@ async def open_storage(url_or_path: str | Path, *, fsync: bool) -> Storage:
         )
     from kluis.server.storage.sqlite import SqliteStorage
 
-    return SqliteStorage.open(Path(target), fsync=fsync)
+    return SqliteStorage.open(Path(target), fsync=fsync, cache_mib=sqlite_cache_mib)

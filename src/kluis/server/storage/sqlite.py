@@ -12,7 +12,7 @@ import asyncio
 import sqlite3
 from pathlib import Path
 
-from kluis.server.storage._sqlite_db import Checkpointer, SqliteDatabase
+from kluis.server.storage._sqlite_db import DEFAULT_CACHE_MIB, Checkpointer, SqliteDatabase
 from kluis.server.storage.base import (
     Account,
     AccountId,
@@ -362,7 +362,7 @@ class SqliteMailboxStore:
         for e in envelopes:
             seq = self._last_seq[e.recipient] = self._last_seq[e.recipient] + 1
             batch.rows.append((e.recipient, seq, e.envelope_id, e.ciphertext, e.expiry_day))
-        future: asyncio.Future[list[tuple[int, bool]]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[list[tuple[int, bool]]] = self._db.loop().create_future()
         batch.waiters.append((start, len(batch.rows), future))
         return await future
 
@@ -382,7 +382,7 @@ class SqliteMailboxStore:
     ) -> int:
         if not seqs:
             return 0
-        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[int] = self._db.loop().create_future()
         self._db.group_commit(_DeleteWork(recipient, seqs, envelope_ids, future))
         return await future
 
@@ -425,8 +425,8 @@ class SqliteStorage:
         self.mailbox = SqliteMailboxStore(db)
 
     @classmethod
-    def open(cls, path: Path, *, fsync: bool) -> SqliteStorage:
-        return cls(SqliteDatabase.open(path, fsync=fsync), path)
+    def open(cls, path: Path, *, fsync: bool, cache_mib: int = DEFAULT_CACHE_MIB) -> SqliteStorage:
+        return cls(SqliteDatabase.open(path, fsync=fsync, cache_mib=cache_mib), path)
 
     async def checkpoint(self, *, truncate: bool = True) -> None:
         """A PASSIVE WAL checkpoint; the server calls it from a timer (every few seconds).
