@@ -316,6 +316,25 @@ class TestMailbox:
 
         _run(run, body)
 
+    def test_discard_deletes_with_the_next_group_commit(self, run: object) -> None:
+        """A receipt's delete, which nobody awaits: it commits with whatever the group commit holds
+        next (here an append, awaited), and names seqs that may be gone already or twice."""
+
+        async def body(s: Storage) -> None:
+            a, b = account(1), account(2)
+            await s.accounts.create(a)
+            await s.accounts.create(b)
+            stored = await s.mailbox.append([envelope(a.account_id, i) for i in range(4)])
+            seqs = [seq for seq, _ in stored]
+            s.mailbox.discard(a.account_id, [seqs[0], seqs[0], 10_000])
+            s.mailbox.discard(a.account_id, [seqs[2]])
+            s.mailbox.discard(a.account_id, [])
+            await s.mailbox.append([envelope(b.account_id, 9)])  # committed with (or after) them
+            assert [i.seq for i in await s.mailbox.fetch(a.account_id, 0, 10)] == [seqs[1], seqs[3]]
+            assert await s.mailbox.count(b.account_id) == 1
+
+        _run(run, body)
+
     def test_append_to_unknown_account_stores_nothing(self, run: object) -> None:
         async def body(s: Storage) -> None:
             a = account(1)

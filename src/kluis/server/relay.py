@@ -431,6 +431,11 @@ class Relay:
         except StorageError:
             raise Unavailable() from None
 
+    def discard(self, account_id: AccountId, seqs: list[int]) -> None:
+        """Deletes receipted envelopes with the next group commit, without waiting (a receipt's
+        delete is not acknowledged to anyone; one that is lost means a second delivery)."""
+        self.storage.mailbox.discard(account_id, seqs)
+
     async def counts(self, account_id: AccountId) -> tuple[int, int]:
         return await self.storage.directory.counts(account_id)
 

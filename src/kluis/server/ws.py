@@ -521,15 +521,17 @@ class Connection:
         # whose delete is lost (crash) is delivered again and de-duplicated by the client.
         shared = self._shared
         if shared is None:
-            self._receipts += frame.seqs
+            # Joins the next group commit; no task and no future per receipt (MailboxStore.discard).
+            assert self.account is not None
+            self.relay.discard(self.account, list(frame.seqs))
         else:  # wire seqs -> the stored envelopes they stand for (unknown ones are ignored)
             for seq in frame.seqs:
                 row = shared.rows.pop(seq, None)
                 if row is not None:
                     self._receipts.append(row[0])
                     self._receipt_ids.append(row[1])
-        if self._receipt_task is None or self._receipt_task.done():
-            self._receipt_task = self._loop.create_task(self._receipt_loop())
+            if self._receipt_task is None or self._receipt_task.done():
+                self._receipt_task = self._loop.create_task(self._receipt_loop())
         self.relay.metrics.envelopes("acknowledged", len(frame.seqs))
         for seq in frame.seqs:
             self._in_flight_bytes -= self._in_flight.pop(seq, 0)
@@ -537,26 +539,27 @@ class Connection:
             self._request_fetch()
 
     async def _receipt_loop(self) -> None:
+        """With _shared only: deletes by seq and envelope id, and learns what is gone."""
         assert self.account is not None
         shared = self._shared
+        assert shared is not None
         while self._receipts:
             seqs, self._receipts = self._receipts, []
             ids, self._receipt_ids = self._receipt_ids, []
             fetches = self._fetches
             try:
-                deleted = await self.relay.receipt(self.account, seqs, ids if shared is not None else None)
+                deleted = await self.relay.receipt(self.account, seqs, ids)
             except RelayError:  # storage failed: these envelopes are simply delivered again later
                 log.warning("deleting receipted envelopes failed")
                 continue
-            if shared is not None:
-                cursor = shared.after()
-                shared.deleted(seqs)
-                # A fetch that ran while the delete was committed but not yet known here asked for
-                # seqs above the old cursor; another node, seeing the mailbox emptier, may have
-                # numbered a new envelope below it meanwhile (SharedCursor). Likewise when someone
-                # else deleted some of these: the cursor may have sat too high.
-                if deleted < len(seqs) or (fetches != self._fetches and shared.after() < cursor):
-                    self._request_fetch()
+            cursor = shared.after()
+            shared.deleted(seqs)
+            # A fetch that ran while the delete was committed but not yet known here asked for seqs
+            # above the old cursor; another node, seeing the mailbox emptier, may have numbered a new
+            # envelope below it meanwhile (SharedCursor). Likewise when someone else deleted some of
+            # these: the cursor may have sat too high.
+            if deleted < len(seqs) or (fetches != self._fetches and shared.after() < cursor):
+                self._request_fetch()
 
     async def _on_upload(self, frame: f.UploadKeys) -> None:
         assert self.account is not None

@@ -24,9 +24,9 @@ from kluis.server.storage._schema_version import SCHEMA_COMPAT_VERSION, SCHEMA_V
 from kluis.server.storage.base import SchemaTooNew, StorageError
 
 __all__ = [
+    "DEFAULT_CACHE_MIB",
     "SCHEMA_COMPAT_VERSION",
     "SCHEMA_VERSION",
-    "DEFAULT_CACHE_MIB",
     "Checkpointer",
     "SqliteDatabase",
     "SqliteEngine",
@@ -44,10 +44,11 @@ JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
 """After a checkpoint resets the WAL, truncate the file to this size so it does not stay large."""
 PAGE_SIZE = 4096
 DEFAULT_CACHE_MIB = 128
-"""SQLite's page cache (its default is 2 MiB; ``sqlite_cache_mib`` in the server's configuration). Every envelope stored checks its recipient's account
-row and touches that recipient's mailbox pages; with 10,000 mailboxes connected (kluis bench skyecc)
-those pages did not fit in 2 MiB, and reading them back from the OS (pread) was a quarter of the
-relay's CPU. Memory is taken only as pages are touched."""
+"""SQLite's page cache in MiB (``sqlite_cache_mib`` in the server's configuration; SQLite's own
+default is 2 MiB). Every envelope stored checks its recipient's account row and touches that
+recipient's mailbox pages; with 10,000 mailboxes connected (kluis bench skyecc) those pages did not
+fit in 2 MiB, and reading them back from the OS (pread) was a quarter of the relay's CPU. Memory is
+taken only as pages are touched."""
 BUSY_TIMEOUT_MS = 2_000
 """``kluis admin`` may write while the server runs; its transactions are tiny, so a short wait."""
 

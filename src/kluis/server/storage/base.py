@@ -201,6 +201,12 @@ class MailboxStore(Protocol):
         the new one with it.
         """
 
+    def discard(self, recipient: AccountId, seqs: list[int]) -> None:
+        """Deletes the given seqs with the next group commit, without waiting for it: what a
+        receipt does, which nobody awaits (an envelope whose delete is lost is delivered again and
+        the client drops it by id). Costs no future and no task per receipt, which matters when
+        every delivery is a receipt of its own. A failure is logged, never raised."""
+
     async def expire(self, today: int) -> int:
         """Deletes every envelope whose expiry_day < today; returns how many."""
 

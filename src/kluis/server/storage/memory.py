@@ -178,6 +178,13 @@ class MemoryMailboxStore:
                 deleted += 1
         return deleted
 
+    def discard(self, recipient: AccountId, seqs: list[int]) -> None:
+        box = self._d.mailbox.get(recipient, {})
+        for seq in seqs:
+            row = box.pop(seq, None)
+            if row is not None:
+                del self._d.by_envelope_id[recipient, row[0]]
+
     async def expire(self, today: int) -> int:
         expired = 0
         for recipient, box in self._d.mailbox.items():

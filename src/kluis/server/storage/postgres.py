@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import KeysView, Sequence
 from typing import Any
@@ -44,6 +45,8 @@ from kluis.server.storage.base import (
     StoredEnvelope,
     UnknownAccount,
 )
+
+log = logging.getLogger(__name__)
 
 _SLOT_SIGNED_PREKEY = 1
 _SLOT_LAST_RESORT_KEM = 2
@@ -409,6 +412,11 @@ class _Batch:
                 future.set_exception(error)
 
 
+def _log_discard_failure(future: asyncio.Future[int]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.warning("deleting receipted envelopes failed; they will be delivered again")
+
+
 class PostgresMailboxStore:
     def __init__(self, db: PostgresDatabase) -> None:
         self._db = db
@@ -459,6 +467,13 @@ class PostgresMailboxStore:
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._current().deleters.append((recipient, seqs, envelope_ids, future))
         return await future
+
+    def discard(self, recipient: AccountId, seqs: list[int]) -> None:
+        if not seqs:
+            return
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        future.add_done_callback(_log_discard_failure)
+        self._current().deleters.append((recipient, seqs, None, future))
 
     async def flushed(self) -> None:
         """Waits until everything queued so far is committed (or failed)."""

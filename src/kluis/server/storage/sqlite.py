@@ -9,6 +9,7 @@ sends cost one transaction and one ``executemany``.
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from kluis.server.storage.base import (
     AlreadyExists,
     DirectoryEntry,
     MailboxItem,
+    StorageError,
     StoredEnvelope,
     UnknownAccount,
 )
@@ -27,6 +29,8 @@ _SLOT_SIGNED_PREKEY = 1
 _SLOT_LAST_RESORT_KEM = 2
 _KIND_X25519 = 1
 _KIND_KEM = 2
+log = logging.getLogger(__name__)
+
 EXPIRE_CHUNK = 1_000
 """expire() deletes this many rows per transaction and yields to the loop in between."""
 
@@ -325,10 +329,30 @@ class _DeleteWork:
             self._future.set_exception(error)
 
 
+class _DiscardBatch:
+    """Every receipt of one loop pass: one ``executemany``, nobody waiting (MailboxStore.discard)."""
+
+    name = "mailbox_discard"
+
+    def __init__(self, store: SqliteMailboxStore) -> None:
+        self._store = store
+        self.rows: list[tuple[AccountId, int]] = []
+
+    def run(self, conn: sqlite3.Connection) -> None:
+        conn.executemany("DELETE FROM mailbox WHERE recipient = ? AND seq = ?", self.rows)
+
+    def done(self, error: BaseException | None) -> None:
+        if self._store._discards is self:
+            self._store._discards = None
+        if error is not None:
+            log.warning("deleting receipted envelopes failed; they will be delivered again")
+
+
 class SqliteMailboxStore:
     def __init__(self, db: SqliteDatabase) -> None:
         self._db = db
         self._batch: _AppendBatch | None = None
+        self._discards: _DiscardBatch | None = None
         # Last seq handed out per recipient, loaded lazily from max(seq). In memory only: the database
         # holds no counter. After a restart with an empty mailbox numbering starts again at 1, so a
         # client must not carry after_seq across connections.
@@ -385,6 +409,19 @@ class SqliteMailboxStore:
         future: asyncio.Future[int] = self._db.loop().create_future()
         self._db.group_commit(_DeleteWork(recipient, seqs, envelope_ids, future))
         return await future
+
+    def discard(self, recipient: AccountId, seqs: list[int]) -> None:
+        if not seqs:
+            return
+        batch = self._discards
+        if batch is None:
+            batch = _DiscardBatch(self)
+            try:
+                self._db.group_commit(batch)
+            except StorageError:  # closed: the envelopes are delivered again after a restart
+                return
+            self._discards = batch
+        batch.rows += [(recipient, seq) for seq in seqs]
 
     async def expire(self, today: int) -> int:
         self._db.flush()
