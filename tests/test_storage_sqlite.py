@@ -243,3 +243,35 @@ def test_schema_files_are_packaged() -> None:
 
     versions = [v for v, _ in schema_deltas()]
     assert versions == list(range(1, SCHEMA_VERSION + 1))
+
+
+def test_a_group_commit_that_finds_the_write_lock_taken_waits_without_blocking_the_loop(
+    tmp_path: Path,
+) -> None:
+    """Another connection (the checkpointer emptying the WAL, ``kluis admin``) holds the write lock:
+    the envelopes wait on the event loop, which keeps serving everything else, and are stored once
+    the lock is free. Waiting in SQLite's busy handler instead froze the loop for every connection."""
+
+    async def body() -> None:
+        path = tmp_path / "kluis.db"
+        storage = await open_storage(path, fsync=False)
+        a = account(1)
+        await storage.accounts.create(a)
+        other = sqlite3.connect(path, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            appending = asyncio.ensure_future(storage.mailbox.append([envelope(a.account_id, 1)]))
+            started = asyncio.get_running_loop().time()
+            for _ in range(20):  # each sleep returns on time: the loop is not held
+                await asyncio.sleep(0.005)
+            assert asyncio.get_running_loop().time() - started < 1.0
+            assert not appending.done()
+            other.execute("COMMIT")
+            ((_, stored),) = await asyncio.wait_for(appending, 5)
+            assert stored
+            assert await storage.mailbox.count(a.account_id) == 1
+        finally:
+            other.close()
+            await storage.close()
+
+    asyncio.run(body())

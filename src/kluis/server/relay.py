@@ -133,10 +133,22 @@ class Screened:
         return cls(results, accepted)
 
 
-@dataclass(frozen=True, slots=True)
 class _Known:
-    account: Account
-    identity: IdentityPublicKey
+    """A cached account. Its identity key is parsed (and its binding checked, one Ed25519
+    verification) only when first needed: authentication and revocation use it, while most cached
+    accounts are there for the token check of envelopes sent to them."""
+
+    __slots__ = ("_identity", "account")
+
+    def __init__(self, account: Account) -> None:
+        self.account = account
+        self._identity: IdentityPublicKey | None = None
+
+    @property
+    def identity(self) -> IdentityPublicKey:
+        if self._identity is None:
+            self._identity = IdentityPublicKey.from_bytes(self.account.identity)
+        return self._identity
 
 
 class Relay:
@@ -187,7 +199,7 @@ class Relay:
         account = await self.storage.accounts.get(account_id)
         if account is None:
             return None
-        known = _Known(account, IdentityPublicKey.from_bytes(account.identity))
+        known = _Known(account)
         self._cache[account_id] = known
         if len(self._cache) > ACCOUNT_CACHE:
             self._cache.popitem(last=False)

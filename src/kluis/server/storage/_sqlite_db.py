@@ -50,6 +50,10 @@ recipient's mailbox pages; with 10,000 mailboxes connected (kluis bench skyecc) 
 fit in 2 MiB, and reading them back from the OS (pread) was a quarter of the relay's CPU. Memory is
 taken only as pages are touched."""
 BUSY_TIMEOUT_MS = 2_000
+LOCKED_RETRY_S = 0.0005
+"""A group commit that finds the write lock taken (the checkpointer emptying the WAL, ``kluis admin``)
+tries again after this long, on the loop. Waiting inside SQLite's busy handler instead slept the
+whole event loop for 1, 2, 5 ms ... and every connection with it (the relay benchmark's W2 p99)."""
 """``kluis admin`` may write while the server runs; its transactions are tiny, so a short wait."""
 
 
@@ -91,6 +95,10 @@ class SqliteEngine:
             conn.close()
             raise
         return conn
+
+
+class Locked(Exception):
+    """Another connection holds the write lock (raised only when asked not to wait)."""
 
 
 class TransactionObserver(Protocol):
@@ -151,16 +159,20 @@ class SqliteDatabase:
     def commit_count(self) -> int:
         return sum(self.commits.values())
 
-    def run_interaction(self, name: str, fn: Callable[[sqlite3.Connection], T]) -> T:
+    def run_interaction(self, name: str, fn: Callable[[sqlite3.Connection], T], *, wait: bool = True) -> T:
         """Runs ``fn`` in one write transaction called ``name`` and commits it (Synapse's runInteraction).
 
-        ``name`` is what logs and metrics show; they never show ids or bytes.
+        ``name`` is what logs and metrics show; they never show ids or bytes. With ``wait`` False,
+        raises :class:`Locked` at once (nothing done) if another connection holds the write lock.
         """
         if self._closed:
             raise StorageError(f"{name}: storage is closed")
         conn = self.conn
         start = time.perf_counter()
-        conn.execute(self.engine.begin_write)
+        if wait:
+            conn.execute(self.engine.begin_write)
+        else:
+            self._begin_now()
         try:
             result = fn(conn)
             conn.execute("COMMIT")
@@ -173,6 +185,18 @@ class SqliteDatabase:
         if self.observer is not None:
             self.observer(name, seconds)
         return result
+
+    def _begin_now(self) -> None:
+        conn = self.conn
+        conn.execute("PRAGMA busy_timeout=0")
+        try:
+            conn.execute(self.engine.begin_write)
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode == sqlite3.SQLITE_BUSY:
+                raise Locked() from None
+            raise
+        finally:
+            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
 
     def read(self, name: str, fn: Callable[[sqlite3.Connection], T]) -> T:
         """A read outside any explicit transaction (each statement sees the last commit)."""
@@ -198,10 +222,11 @@ class SqliteDatabase:
             loop = self._loop = asyncio.get_running_loop()
         return loop
 
-    def flush(self) -> None:
+    def flush(self, *, wait: bool = False) -> None:
         """Runs and commits every queued work item in one transaction; never raises (a loop callback).
 
-        If the transaction fails, every item of the group is told so (none of it is stored).
+        If the transaction fails, every item of the group is told so (none of it is stored). If the
+        write lock is taken, the items wait (on the loop, LOCKED_RETRY_S) unless ``wait``.
         """
         works, self._pending = self._pending, []
         if not works:
@@ -212,7 +237,11 @@ class SqliteDatabase:
                 work.run(conn)
 
         try:
-            self.run_interaction("group_commit", run_all)
+            self.run_interaction("group_commit", run_all, wait=wait)
+        except Locked:
+            self._pending = works + self._pending  # none of it ran; whatever came since joins it
+            self.loop().call_later(LOCKED_RETRY_S, self.flush)
+            return
         except Exception as exc:  # delivered to every waiter; the loop must keep running
             log.warning("group commit of %d items failed: %s", len(works), type(exc).__name__)
             for work in works:
@@ -227,7 +256,7 @@ class SqliteDatabase:
         checkpointed pages)."""
         if mode not in {"PASSIVE", "FULL", "RESTART", "TRUNCATE"}:
             raise ValueError(mode)
-        self.flush()
+        self.flush(wait=True)
         start = time.perf_counter()
         busy, log_pages, done = self.conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
         if self.observer is not None:
@@ -249,7 +278,7 @@ class SqliteDatabase:
     def close(self) -> None:
         if self._closed:
             return
-        self.flush()
+        self.flush(wait=True)
         self._closed = True
         self.conn.close()
 

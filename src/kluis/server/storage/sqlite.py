@@ -135,7 +135,9 @@ class SqliteAccountStore:
             ):
                 c.execute(f"DELETE FROM {table} WHERE {column} = ?", (account_id,))  # noqa: S608
 
-        self._db.flush()  # appends queued in this loop pass land first, then are deleted with the rest
+        self._db.flush(
+            wait=True
+        )  # appends queued in this loop pass land first, then are deleted with the rest
         self._db.run_interaction("revoke_account", txn)
 
 
@@ -424,7 +426,7 @@ class SqliteMailboxStore:
         batch.rows += [(recipient, seq) for seq in seqs]
 
     async def expire(self, today: int) -> int:
-        self._db.flush()
+        self._db.flush(wait=True)
         total = 0
         while True:
             deleted = self._db.run_interaction(
