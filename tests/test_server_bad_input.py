@@ -396,6 +396,35 @@ def test_a_client_that_never_hellos_is_timed_out(relay: Relay) -> None:
     run(relay, case)
 
 
+def test_a_mailbox_that_answers_nothing_is_cut_off_and_one_that_answers_pings_stays(relay: Relay) -> None:
+    """The heartbeat (every 3 s here): a mailbox silent for a beat is pinged. Alice's client keeps
+    reading, so aiohttp answers the pings, and she stays connected through several beats with
+    nothing else to say; Bob's reads nothing after authenticating, answers no ping, and is cut off
+    within two beats of the first check (which comes within the handshake timeout)."""
+    alice, bob = relay.users[:2]
+    beat = float(LIMITS["KLUIS_SERVER_HEARTBEAT_S"])
+
+    async def case(session: aiohttp.ClientSession) -> None:
+        reader, silent = await alice.connect(), await bob.connect()
+        await reader.expect(f.Drained)
+        await silent.expect(f.Drained)
+        started = time.monotonic()
+        reading = asyncio.ensure_future(reader.receive(timeout=None))  # answers pings meanwhile
+        while await connections(session, relay, "authenticated") > 1:
+            assert time.monotonic() - started < TIMEOUT_S + 3 * beat + 2, "the silent mailbox stayed"
+            await asyncio.sleep(0.2)
+        assert time.monotonic() - started > beat, "cut before it was even pinged"
+        await asyncio.sleep(max(0.0, started + 3.5 * beat - time.monotonic()))
+        assert not reading.done(), "the reading mailbox was closed"
+        assert await connections(session, relay, "authenticated") == 1
+        reading.cancel()
+        await reader.close()
+        with contextlib.suppress(Exception):
+            await silent.close()
+
+    run(relay, case)
+
+
 def test_an_idle_sending_stream_is_timed_out(relay: Relay) -> None:
     async def case(session: aiohttp.ClientSession) -> None:
         stream = await SendStream.connect(session, relay.url, relay.send_pass, False)

@@ -27,9 +27,9 @@ async def stream(request: web.Request) -> web.StreamResponse:
         raise web.HTTPServiceUnavailable(text="too many connections")
     ws = web.WebSocketResponse(
         max_msg_size=config.max_frame_bytes,
-        heartbeat=config.heartbeat_s,
+        heartbeat=None,  # Connection._check_alive, on the connection's own timer
+        autoping=False,  # pongs reach the connection: they are the heartbeat's answers
         compress=False,  # compression of ciphertext gains nothing and costs CPU (and CRIME-like leaks)
-        autoping=True,
         timeout=CLOSE_TIMEOUT_S,
     )
     await ws.prepare(request)
@@ -63,6 +63,7 @@ def make_app(relay: Relay, config: ServerConfig) -> web.Application:
         send_burst=config.send_burst,
         max_in_flight=config.max_in_flight,
         write_timeout=config.write_timeout_s,
+        heartbeat=config.heartbeat_s,
     )
     add_routes(app)
     app.router.add_get("/v1/stream", stream)

@@ -153,7 +153,8 @@ class ServerConfig(BaseSettings):
     """A client that takes longer than this to accept one batch of frames (it stopped reading) is cut off."""
 
     heartbeat_s: float = Field(default=30.0, gt=0, le=3600)
-    """Interval of WebSocket pings; a peer that does not answer one in time is disconnected."""
+    """Heartbeat of mailbox streams: one silent for this long is pinged, and one that answers neither
+    the ping nor anything else by the next beat (so within twice this) is disconnected."""
 
     max_connections: int = Field(default=10_000, ge=1, le=1_000_000)
     """Most simultaneous WebSocket connections; more are refused. Keep it below the open-file limit."""
