@@ -404,11 +404,17 @@ class PostgresCluster:
 
 
 # -- Redis --------------------------------------------------------------------------------------
+# One throwaway redis-server for the benchmarks and the tests (tests/redis_support.py adds the fixture).
 
 
-def _redis_ping(port: int) -> bool:
+class RedisUnavailable(BenchError):
+    """No redis-server could be found or started; the message says why."""
+
+
+def redis_ping(port: int, timeout: float = 1.0) -> bool:
+    """Whether a Redis server answers PING on 127.0.0.1:``port`` (RESP, no client library needed)."""
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1.0) as s:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
             s.sendall(b"*1\r\n$4\r\nPING\r\n")
             return s.recv(64).startswith(b"+PONG")
     except OSError:
@@ -417,7 +423,8 @@ def _redis_ping(port: int) -> bool:
 
 @dataclass
 class RedisServer:
-    """A throwaway ``redis-server`` on a free loopback port, saving nothing to disk."""
+    """A throwaway ``redis-server`` on a loopback port, saving nothing to disk, its files in a
+    temporary directory; :meth:`stop` signals only its own PID."""
 
     directory: Path
     port: int
@@ -427,37 +434,89 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
     @classmethod
-    def start(cls) -> RedisServer:
+    def start(cls, port: int = 0) -> RedisServer:
+        """Starts one on ``port`` (0: a free one); returns once it answers PING.
+
+        Raises:
+            RedisUnavailable: no ``redis-server`` on PATH (Debian's package), or it did not start.
+        """
         binary = shutil.which("redis-server")
         if binary is None:
-            raise BenchError("no redis-server: install Debian's redis-server package or pass --redis URL")
-        server = cls(Path(tempfile.mkdtemp(prefix="kluis-bench-redis-")), free_port())
-        args = ["--port", str(server.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        args += ["--dir", str(server.directory), "--logfile", str(server.directory / "redis.log")]
-        server.process = subprocess.Popen(  # noqa: S603 - the system's redis-server, fixed arguments
-            [binary, *args], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline and server.process.poll() is None:
-            if _redis_ping(server.port):
-                return server
-            time.sleep(0.02)
-        server.stop()
-        raise BenchError("redis-server did not start")
+            raise RedisUnavailable(
+                "no redis-server: install Debian's redis-server package (scripts/services.sh does),"
+                " or pass --redis URL"
+            )
+        server = cls(Path(tempfile.mkdtemp(prefix="kluis-redis-")), port)
+        try:
+            server._launch(binary)
+        except BaseException:
+            server.stop()
+            raise
+        return server
+
+    def _launch(self, binary: str) -> None:
+        last = ""
+        for _ in range(3):  # another process may take a free port before redis binds it
+            port = self.port or free_port()
+            log = self.directory / "redis.log"
+            args = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+            args += ["--dir", str(self.directory), "--daemonize", "no", "--logfile", str(log)]
+            self.process = subprocess.Popen(  # noqa: S603 - the system's redis-server, fixed arguments
+                [binary, *args],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            deadline = time.monotonic() + START_TIMEOUT_S
+            while time.monotonic() < deadline and self.process.poll() is None:
+                if redis_ping(port):
+                    self.port = port
+                    return
+                time.sleep(0.02)
+            self._terminate()
+            with contextlib.suppress(OSError):
+                last = log.read_text(errors="replace")[-800:]
+            if self.port:  # a fixed port (a restart): no other to try
+                break
+        raise RedisUnavailable(f"redis-server did not start: {last.strip()}")
+
+    def _terminate(self) -> None:
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        os.kill(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait(timeout=STOP_TIMEOUT_S)
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash (fault tests); :meth:`restart` brings it back on the same port."""
+        if self.process is not None and self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=STOP_TIMEOUT_S)
+        self.process = None
+
+    def restart(self) -> None:
+        """Stops it and starts a new, empty one on the same port (nothing is saved)."""
+        self._terminate()
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RedisUnavailable("redis-server is gone from PATH")
+        self._launch(binary)
 
     def cpu_seconds(self) -> float:
         return 0.0 if self.process is None else process_cpu_seconds(self.process.pid)
 
     def stop(self) -> None:
-        process, self.process = self.process, None
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(STOP_TIMEOUT_S)
+        self._terminate()
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
