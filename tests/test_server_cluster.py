@@ -232,22 +232,13 @@ def test_a_node_killed_under_load_loses_no_acknowledged_envelope(cluster: Cluste
 
 
 def _stop_postgres(pg: PostgresCluster) -> None:
-    done = pg._ctl("stop", "-m", "fast", "-w", timeout=60)
+    done = pg.stop_server()
     assert done.returncode == 0, done.stderr
 
 
 def _start_postgres(pg: PostgresCluster) -> None:
-    """Starts it again on the same port, with the options tests/pg_support.py gave it."""
-    options = " ".join(
-        (
-            "-c listen_addresses=127.0.0.1",
-            f"-p {pg.port}",
-            f"-c unix_socket_directories={pg.directory}",
-            "-c max_connections=100",
-            "-c shared_buffers=32MB",
-        )
-    )
-    done = pg._ctl("start", "-w", "-t", "60", "-l", str(pg.directory / "server.log"), "-o", options)
+    """Starts it again on the same port, with its settings."""
+    done = pg.start_server()
     assert done.returncode == 0, done.stderr
 
 

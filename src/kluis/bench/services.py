@@ -9,6 +9,7 @@ system user (``runuser``) in a directory it owns, as tests/pg_support.py does fo
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import pwd
 import re
@@ -20,13 +21,14 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 20.0
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 PG_USER = "kluis"
+PG_BIN_ENV = "KLUIS_PG_BIN"
 PG_DATABASE = "kluis_bench"
 PG_SETTINGS = (
     "-c listen_addresses=127.0.0.1",
@@ -246,9 +248,15 @@ def server_supports_redis() -> bool:
 # -- PostgreSQL ---------------------------------------------------------------------------------
 
 
+class PostgresUnavailable(BenchError):
+    """No PostgreSQL server could be found or started; the message says why."""
+
+
 def find_pg_bindir() -> Path:
-    """``$KLUIS_PG_BIN``, else the newest ``/usr/lib/postgresql/*/bin``, else ``initdb`` on PATH."""
-    configured = os.environ.get("KLUIS_PG_BIN")
+    """The directory holding ``initdb``, ``pg_ctl`` and ``postgres``: ``$KLUIS_PG_BIN`` (then no
+    fallback), else the newest ``/usr/lib/postgresql/*/bin`` (Debian's layout), else ``initdb`` on
+    PATH."""
+    configured = os.environ.get(PG_BIN_ENV)
     candidates = [Path(configured)] if configured else []
     if not configured:
         candidates += sorted(
@@ -262,20 +270,24 @@ def find_pg_bindir() -> Path:
     for directory in candidates:
         if all((directory / tool).is_file() for tool in ("initdb", "pg_ctl", "postgres")):
             return directory
-    raise BenchError(
-        "no PostgreSQL server binaries (initdb, pg_ctl, postgres): install Debian's postgresql package, "
-        "set KLUIS_PG_BIN, or pass --database URL of an existing database"
+    if configured:
+        raise PostgresUnavailable(f"{PG_BIN_ENV}={configured} holds no initdb, pg_ctl and postgres")
+    raise PostgresUnavailable(
+        "no PostgreSQL server binaries (initdb, pg_ctl, postgres): install Debian's postgresql package "
+        f"(scripts/services.sh does, as root), set {PG_BIN_ENV}, or pass --database URL of an existing"
+        " database"
     )
 
 
 def _run_as() -> str | None:
+    """The unprivileged user to run PostgreSQL as (it refuses root), or None when we are not root."""
     if os.geteuid() != 0:
         return None
     for name in ("postgres", "nobody"):
         with contextlib.suppress(KeyError):
             pwd.getpwnam(name)
             return name
-    raise BenchError("running as root and no unprivileged user (postgres, nobody) to run PostgreSQL")
+    raise PostgresUnavailable("running as root and no unprivileged user (postgres, nobody) to run PostgreSQL")
 
 
 def _pg_parent(user: str | None) -> str | None:
@@ -291,21 +303,23 @@ def _pg_parent(user: str | None) -> str | None:
 
 @dataclass
 class PostgresCluster:
-    """A throwaway cluster: ``initdb`` into a temporary directory, ``pg_ctl start`` on a free loopback
-    port, one database for the bench; :meth:`stop` stops it and removes the directory."""
+    """A throwaway cluster, for the benchmarks and the tests: ``initdb`` into a temporary directory,
+    ``pg_ctl start`` on a free loopback port (as the ``postgres`` user when run as root), fresh
+    databases from :meth:`create_database`; :meth:`stop` stops it and removes the directory."""
 
     bindir: Path
     directory: Path
     port: int
     user: str | None
+    settings: tuple[str, ...] = PG_SETTINGS
+    _names: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
     @property
     def datadir(self) -> Path:
         return self.directory / "data"
 
-    @property
-    def url(self) -> str:
-        return f"postgresql://{PG_USER}@127.0.0.1:{self.port}/{PG_DATABASE}"
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql://{PG_USER}@127.0.0.1:{self.port}/{database}"
 
     def _command(self, *args: str) -> list[str]:
         return [*(["runuser", "-u", self.user, "--"] if self.user else []), *args]
@@ -315,18 +329,21 @@ class PostgresCluster:
             self._command(*args), capture_output=True, text=True, timeout=timeout, check=False
         )
 
+    def _ctl(self, *args: str, timeout: float = START_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
+        return self._run(str(self.bindir / "pg_ctl"), "-D", str(self.datadir), *args, timeout=timeout)
+
     @classmethod
-    def start(cls) -> PostgresCluster:
+    def start(cls, settings: tuple[str, ...] = PG_SETTINGS) -> PostgresCluster:
+        """Raises PostgresUnavailable (no binaries, initdb or pg_ctl failed)."""
         bindir = find_pg_bindir()
         user = _run_as()
-        directory = Path(tempfile.mkdtemp(prefix="kluis-bench-pg-", dir=_pg_parent(user)))
+        directory = Path(tempfile.mkdtemp(prefix="kluis-pg-", dir=_pg_parent(user)))
         if user is not None:
             shutil.chown(directory, user, user)
-        cluster = cls(bindir, directory, 0, user)
+        cluster = cls(bindir, directory, 0, user, settings)
         try:
             cluster._initdb()
-            cluster._start()
-            cluster._createdb()
+            cluster._start_on_free_port()
         except BaseException:
             cluster.stop()
             raise
@@ -339,48 +356,54 @@ class PostgresCluster:
             str(self.datadir),
             "-U",
             PG_USER,
-            "--auth=trust",  # loopback only, the bench's own throwaway cluster
+            "--auth=trust",  # loopback only, a throwaway cluster
             "--encoding=UTF8",
             "--locale=C",
             "--no-instructions",
         )
         if done.returncode != 0:
-            raise BenchError(f"initdb failed: {(done.stderr or done.stdout).strip()[-800:]}")
+            raise PostgresUnavailable(f"initdb failed: {(done.stderr or done.stdout).strip()[-800:]}")
 
-    def _start(self) -> None:
-        log = self.directory / "server.log"
+    def _start_on_free_port(self) -> None:
         last = ""
         for _ in range(3):  # another process may take the port between free_port() and the bind
             self.port = free_port()
-            options = " ".join(
-                (*PG_SETTINGS, f"-p {self.port}", f"-c unix_socket_directories={self.directory}")
-            )
-            done = self._run(
-                str(self.bindir / "pg_ctl"),
-                "-D",
-                str(self.datadir),
-                "start",
-                "-w",
-                "-t",
-                str(int(START_TIMEOUT_S)),
-                "-l",
-                str(log),
-                "-o",
-                options,
-            )
+            done = self.start_server()
             if done.returncode == 0:
                 return
             last = (done.stderr or done.stdout).strip()
             with contextlib.suppress(OSError):
-                last += "\n" + log.read_text(errors="replace")[-1500:]
-        raise BenchError(f"pg_ctl start failed: {last}")
+                last += "\n" + (self.directory / "server.log").read_text(errors="replace")[-1500:]
+        raise PostgresUnavailable(f"pg_ctl start failed: {last}")
 
-    def _createdb(self) -> None:
+    def start_server(self) -> subprocess.CompletedProcess[str]:
+        """``pg_ctl start`` on the cluster's port with its settings (again, after :meth:`stop_server`)."""
+        options = " ".join(
+            (*self.settings, f"-p {self.port}", f"-c unix_socket_directories={self.directory}")
+        )
+        log = str(self.directory / "server.log")
+        return self._ctl("start", "-w", "-t", str(int(START_TIMEOUT_S)), "-l", log, "-o", options)
+
+    def stop_server(self) -> subprocess.CompletedProcess[str]:
+        """``pg_ctl stop -m fast``, keeping the cluster's files (fault tests)."""
+        return self._ctl("stop", "-m", "fast", "-w", timeout=STOP_TIMEOUT_S * 3)
+
+    def restart(self) -> None:
+        """``pg_ctl restart -m fast``: every connection is cut (fault tests)."""
+        # With -l the server's output goes to the log, not to a pipe we would wait on.
+        log = str(self.directory / "server.log")
+        done = self._ctl("restart", "-m", "fast", "-w", "-t", str(int(START_TIMEOUT_S)), "-l", log)
+        if done.returncode != 0:
+            raise PostgresUnavailable(f"pg_ctl restart failed: {(done.stderr or done.stdout).strip()}")
+
+    def create_database(self, name: str | None = None) -> str:
+        """A new empty database (``CREATE DATABASE`` from template0); returns its URL."""
         import psycopg
 
-        admin = f"postgresql://{PG_USER}@127.0.0.1:{self.port}/postgres"
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{PG_DATABASE}" TEMPLATE template0')
+        name = name or f"kluis_test_{next(self._names)}"
+        with psycopg.connect(self.url(), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
+        return self.url(name)
 
     def postmaster_pid(self) -> int | None:
         with contextlib.suppress(OSError, ValueError, IndexError):
@@ -399,7 +422,7 @@ class PostgresCluster:
 
     def stop(self) -> None:
         if self.datadir.joinpath("postmaster.pid").exists():
-            self._run(str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "stop", "-m", "fast", "-w")
+            self.stop_server()
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
@@ -575,7 +598,7 @@ class Deployment:
         if self.backend == "postgres":
             if self.database is None:
                 self.cluster = PostgresCluster.start()
-                self.target = self.cluster.url
+                self.target = self.cluster.create_database(PG_DATABASE)
             else:
                 self.target = self.database
         else:
@@ -635,10 +658,14 @@ __all__ = [
     "Deployment",
     "Nodes",
     "PostgresCluster",
+    "PostgresUnavailable",
     "RedisServer",
+    "RedisUnavailable",
     "ServerProcess",
     "exit_on_sigterm",
+    "find_pg_bindir",
     "free_port",
     "process_cpu_seconds",
+    "redis_ping",
     "server_supports_redis",
 ]
