@@ -48,8 +48,8 @@ class NodeProcess:
 
     Args:
         data_dir: the data directory (shared by the nodes of one service).
-        database: the PostgreSQL URL every node uses.
-        redis: the Redis URL every node uses.
+        database: the PostgreSQL URL every node uses; None: SQLite in the data directory (one node).
+        redis: the Redis URL every node uses; None: no fan-out (one node).
         host: the address to listen on.
         port: 0 for a free port on the first start; a restart reuses the port it got.
         tls: serve TLS with the data directory's certificate; False serves plain ``ws://``
@@ -63,8 +63,8 @@ class NodeProcess:
         self,
         data_dir: Path,
         *,
-        database: str,
-        redis: str,
+        database: str | None = None,
+        redis: str | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
         tls: bool = False,
@@ -100,7 +100,10 @@ class NodeProcess:
     def command(self) -> list[str]:
         listen = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
         cmd = [*kluis_command(), "server", "--data", str(self.data_dir), "--listen", listen]
-        cmd += ["--database", self.database, "--redis", self.redis]
+        if self.database is not None:  # else SQLite in the data directory
+            cmd += ["--database", self.database]
+        if self.redis is not None:
+            cmd += ["--redis", self.redis]
         if not self.tls:
             cmd.append("--insecure-loopback")
         return cmd + self.args

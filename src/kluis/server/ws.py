@@ -737,15 +737,15 @@ class Connection:
             return
         self._pinged_at = 0.0
         if now - self._last_frame >= self.settings.heartbeat:
+            # Also behind a full buffer: a client that stopped reading never answers, and when no
+            # frame is waiting for room (the delivery window is full) no write timeout would run.
             transport = self._transport
-            if transport is not None and transport.get_write_buffer_size() > WRITE_BUFFER_LIMIT:
-                pass  # not reading: the write timeout decides (a ping would only queue up)
-            elif self._raw_write is not None and transport is not None and not transport.is_closing():
+            if self._raw_write is not None and transport is not None and not transport.is_closing():
                 self._raw_write(b"", WSMsgType.PING, 0)
-                self._pinged_at = now
             else:
+                self._tasks = [t for t in self._tasks if not t.done()]
                 self._tasks.append(self._loop.create_task(self.ws.ping()))
-                self._pinged_at = now
+            self._pinged_at = now
         self._watchdog = loop.call_later(self.settings.heartbeat, self._check_idle)
 
 
