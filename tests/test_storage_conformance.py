@@ -332,6 +332,8 @@ class TestMailbox:
             await s.mailbox.append([envelope(b.account_id, 9)])  # committed with (or after) them
             assert [i.seq for i in await s.mailbox.fetch(a.account_id, 0, 10)] == [seqs[1], seqs[3]]
             assert await s.mailbox.count(b.account_id) == 1
+            await s.close()
+            s.mailbox.discard(a.account_id, [seqs[1]])  # once closed: nothing, and no exception
 
         _run(run, body)
 

@@ -50,11 +50,11 @@ recipient's mailbox pages; with 10,000 mailboxes connected (kluis bench skyecc) 
 fit in 2 MiB, and reading them back from the OS (pread) was a quarter of the relay's CPU. Memory is
 taken only as pages are touched."""
 BUSY_TIMEOUT_MS = 2_000
+"""``kluis admin`` may write while the server runs; its transactions are tiny, so a short wait."""
 LOCKED_RETRY_S = 0.0005
 """A group commit that finds the write lock taken (the checkpointer emptying the WAL, ``kluis admin``)
 tries again after this long, on the loop. Waiting inside SQLite's busy handler instead slept the
 whole event loop for 1, 2, 5 ms ... and every connection with it (the relay benchmark's W2 p99)."""
-"""``kluis admin`` may write while the server runs; its transactions are tiny, so a short wait."""
 
 
 class SqliteEngine:

@@ -168,6 +168,12 @@ class MemoryMailboxStore:
     async def delete(
         self, recipient: AccountId, seqs: list[int], envelope_ids: list[bytes] | None = None
     ) -> int:
+        return self._delete(recipient, seqs, envelope_ids)
+
+    def discard(self, recipient: AccountId, seqs: list[int]) -> None:
+        self._delete(recipient, seqs, None)
+
+    def _delete(self, recipient: AccountId, seqs: list[int], envelope_ids: list[bytes] | None) -> int:
         box = self._d.mailbox.get(recipient, {})
         deleted = 0
         for i, seq in enumerate(seqs):
@@ -177,13 +183,6 @@ class MemoryMailboxStore:
                 del self._d.by_envelope_id[recipient, row[0]]
                 deleted += 1
         return deleted
-
-    def discard(self, recipient: AccountId, seqs: list[int]) -> None:
-        box = self._d.mailbox.get(recipient, {})
-        for seq in seqs:
-            row = box.pop(seq, None)
-            if row is not None:
-                del self._d.by_envelope_id[recipient, row[0]]
 
     async def expire(self, today: int) -> int:
         expired = 0

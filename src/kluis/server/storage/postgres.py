@@ -42,6 +42,7 @@ from kluis.server.storage.base import (
     AlreadyExists,
     DirectoryEntry,
     MailboxItem,
+    StorageError,
     StoredEnvelope,
     UnknownAccount,
 )
@@ -345,7 +346,8 @@ class _Batch:
     def __init__(self) -> None:
         self.rows: list[StoredEnvelope] = []
         self.appenders: list[tuple[int, int, asyncio.Future[list[tuple[int, bool]]]]] = []
-        self.deleters: list[tuple[AccountId, list[int], list[bytes] | None, asyncio.Future[int]]] = []
+        self.deleters: list[tuple[AccountId, list[int], list[bytes] | None, asyncio.Future[int] | None]] = []
+        """None for a discard (MailboxStore.discard): nobody waits for it."""
         self.barriers: list[asyncio.Future[None]] = []
         self.first: dict[tuple[AccountId, bytes], int] = {}
         """(recipient, envelope id) -> index of its row in plan()'s list."""
@@ -399,22 +401,20 @@ class _Batch:
                 if (recipient, q) in gone:
                     gone.discard((recipient, q))  # and not again for another caller
                     count += 1
-            if not deleted.done():
+            if deleted is not None and not deleted.done():
                 deleted.set_result(count)
         for barrier in self.barriers:
             if not barrier.done():
                 barrier.set_result(None)
 
     def fail(self, error: BaseException) -> None:
-        futures = [f for *_, f in self.appenders] + [f for *_, f in self.deleters] + self.barriers
+        if any(f is None for *_, f in self.deleters):
+            log.warning("deleting receipted envelopes failed; they will be delivered again")
+        deleters = [f for *_, f in self.deleters if f is not None]
+        futures = [f for *_, f in self.appenders] + deleters + self.barriers
         for future in futures:
             if not future.done():  # a cancelled caller's rows may be stored all the same
                 future.set_exception(error)
-
-
-def _log_discard_failure(future: asyncio.Future[int]) -> None:
-    if not future.cancelled() and future.exception() is not None:
-        log.warning("deleting receipted envelopes failed; they will be delivered again")
 
 
 class PostgresMailboxStore:
@@ -471,9 +471,11 @@ class PostgresMailboxStore:
     def discard(self, recipient: AccountId, seqs: list[int]) -> None:
         if not seqs:
             return
-        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        future.add_done_callback(_log_discard_failure)
-        self._current().deleters.append((recipient, seqs, None, future))
+        try:
+            batch = self._current()
+        except StorageError:  # closed: the envelopes are delivered again after a restart
+            return
+        batch.deleters.append((recipient, seqs, None, None))
 
     async def flushed(self) -> None:
         """Waits until everything queued so far is committed (or failed)."""

@@ -135,9 +135,8 @@ class SqliteAccountStore:
             ):
                 c.execute(f"DELETE FROM {table} WHERE {column} = ?", (account_id,))  # noqa: S608
 
-        self._db.flush(
-            wait=True
-        )  # appends queued in this loop pass land first, then are deleted with the rest
+        # Appends queued in this loop pass land first, then are deleted with the rest.
+        self._db.flush(wait=True)
         self._db.run_interaction("revoke_account", txn)
 
 
@@ -297,6 +296,9 @@ class _AppendBatch:
                 future.set_exception(error)
 
 
+_DELETE_BY_SEQ = "DELETE FROM mailbox WHERE recipient = ? AND seq = ?"
+
+
 class _DeleteWork:
     name = "mailbox_delete"
 
@@ -316,7 +318,7 @@ class _DeleteWork:
         self._deleted = 0
 
     def run(self, conn: sqlite3.Connection) -> None:
-        sql = "DELETE FROM mailbox WHERE recipient = ? AND seq = ?"
+        sql = _DELETE_BY_SEQ
         if self._rows and len(self._rows[0]) == 3:
             sql += " AND envelope_id = ?"
         cur = conn.executemany(sql, self._rows)
@@ -341,7 +343,7 @@ class _DiscardBatch:
         self.rows: list[tuple[AccountId, int]] = []
 
     def run(self, conn: sqlite3.Connection) -> None:
-        conn.executemany("DELETE FROM mailbox WHERE recipient = ? AND seq = ?", self.rows)
+        conn.executemany(_DELETE_BY_SEQ, self.rows)
 
     def done(self, error: BaseException | None) -> None:
         if self._store._discards is self:
