@@ -12,17 +12,17 @@ import contextlib
 import itertools
 import os
 import pwd
-import re
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from kluis.server.cluster import NodeError, NodeProcess, start_nodes, stop_nodes
 
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 20.0
@@ -90,94 +90,11 @@ def exit_on_sigterm() -> Iterator[None]:
 # -- relay nodes --------------------------------------------------------------------------------
 
 
-class ServerProcess:
-    """``kluis server --insecure-loopback`` in a child process, on SQLite in its data directory or on
-    ``database``, with ``redis`` for multi-node fan-out when given."""
-
-    def __init__(
-        self,
-        data_dir: Path,
-        log_path: Path,
-        max_connections: int,
-        *,
-        database: str | None = None,
-        redis: str | None = None,
-    ) -> None:
-        self.data_dir = data_dir
-        self.log_path = log_path
-        self.max_connections = max_connections
-        self.database = database
-        self.redis = redis
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.url = ""
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def start(self) -> None:
-        env = dict(os.environ)
-        # The default (10,000) is W4's count exactly; leave room for the control streams.
-        env["KLUIS_SERVER_MAX_CONNECTIONS"] = str(self.max_connections)
-        cmd = [
-            sys.executable,
-            "-c",
-            "from kluis.cli.main import main; main()",
-            "server",
-            "--data",
-            str(self.data_dir),
-            "--listen",
-            "127.0.0.1:0",
-            "--insecure-loopback",
-        ]
-        if self.database is not None:
-            cmd += ["--database", self.database]
-        if self.redis is not None:
-            cmd += ["--redis", self.redis]
-        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        with self.log_path.open("wb") as err:
-            # The open-file limit was raised in this process (raise_nofile); the child inherits it.
-            self.proc = subprocess.Popen(  # noqa: S603 - our own interpreter and fixed arguments
-                cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, env=env
-            )
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            text = self.log_path.read_text(errors="replace")
-            found = re.search(r"listening on (ws://\S+)", text)
-            if found:
-                self.url = found.group(1)
-                return
-            if self.proc.poll() is not None:
-                raise BenchError(f"the server exited ({self.proc.returncode}): {text.strip()[-500:]}")
-            time.sleep(0.05)
-        raise BenchError("the server did not announce its URL in time")
-
-    def cpu_seconds(self) -> float:
-        return process_cpu_seconds(self.pid)
-
-    def rss_kib(self) -> int:
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-        raise BenchError("no VmRSS for the server process")
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(STOP_TIMEOUT_S)
-
-
 class Nodes:
     """N relay nodes sharing one database (and one Redis); the generators spread their streams over
     their URLs. One node on SQLite is the default deployment."""
 
-    def __init__(self, servers: list[ServerProcess]) -> None:
+    def __init__(self, servers: list[NodeProcess]) -> None:
         self.servers = servers
         self.services_cpu: Callable[[], float | None] = lambda: None
         """CPU seconds of what the nodes use beside themselves (PostgreSQL, Redis), if measured."""
@@ -192,27 +109,28 @@ class Nodes:
         database: str | None = None,
         redis: str | None = None,
     ) -> Nodes:
+        """``kluis server --insecure-loopback`` processes (kluis.server.cluster), one after the other
+        on one data directory: the send-pass secret (send-pass.key) must be the same on every node,
+        since a client fetches its pass on one node and sends on another, and the first creates it.
+        Settings given as ``KLUIS_SERVER_*`` variables reach them; the open-file limit raised in
+        this process (raise_nofile) is inherited."""
         if count > 1 and database is None:
             raise BenchError("--nodes N>1 needs --backend postgres (nodes share one database)")
-        nodes = cls([])
+        env = {k: v for k, v in os.environ.items() if k.startswith("KLUIS_SERVER_")}
+        # The default (10,000) is W4's count exactly; leave room for the control streams.
+        env["KLUIS_SERVER_MAX_CONNECTIONS"] = str(max_connections)
         try:
-            for k in range(count):
-                # One data directory for all: the send-pass secret (send-pass.key) must be the
-                # same on every node, since a client fetches its pass on one node and sends on
-                # another. Nodes start one after the other, so the first one creates it.
-                server = ServerProcess(
-                    directory / "data",
-                    directory / f"node{k}.log",
-                    max_connections,
-                    database=database,
-                    redis=redis,
-                )
-                nodes.servers.append(server)
-                server.start()
-        except BaseException:
-            nodes.stop()
-            raise
-        return nodes
+            servers = start_nodes(
+                count,
+                data_dir=directory / "data",
+                database=database,
+                redis=redis,
+                env=env,
+                timeout=START_TIMEOUT_S,
+            )
+        except NodeError as exc:
+            raise BenchError(str(exc)[-600:]) from None
+        return cls(servers)
 
     @property
     def urls(self) -> list[str]:
@@ -223,26 +141,20 @@ class Nodes:
         return [s.pid for s in self.servers]
 
     def cpu_seconds(self) -> float:
-        return sum(s.cpu_seconds() for s in self.servers)
+        return sum(process_cpu_seconds(s.pid) for s in self.servers)
 
     def rss_kib(self) -> int:
-        return sum(s.rss_kib() for s in self.servers)
+        return sum(_rss_kib(s.pid) for s in self.servers)
 
     def stop(self) -> None:
-        for server in self.servers:
-            server.stop()
+        stop_nodes(self.servers)
 
 
-def server_supports_redis() -> bool:
-    """Whether this build's ``kluis server`` takes ``--redis`` (multi-node fan-out, issue 5)."""
-    done = subprocess.run(
-        [sys.executable, "-c", "from kluis.cli.main import main; main()", "server", "--help"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    return "--redis" in done.stdout
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise BenchError("no VmRSS for the server process")
 
 
 # -- PostgreSQL ---------------------------------------------------------------------------------
@@ -587,11 +499,6 @@ class Deployment:
 
     def prepare(self) -> str:
         """Starts what the nodes need; returns the storage target (a SQLite path or a URL)."""
-        if self.node_count > 1 and not server_supports_redis():
-            raise BenchError(
-                "--nodes N>1 needs --redis (multi-node support), which this kluis server does not have "
-                "yet (kluis server --help lists no --redis option)"
-            )
         if self.node_count > 1 and self.redis_url is None:
             self.redis = RedisServer.start()
             self.redis_url = self.redis.url
@@ -661,11 +568,9 @@ __all__ = [
     "PostgresUnavailable",
     "RedisServer",
     "RedisUnavailable",
-    "ServerProcess",
     "exit_on_sigterm",
     "find_pg_bindir",
     "free_port",
     "process_cpu_seconds",
     "redis_ping",
-    "server_supports_redis",
 ]

@@ -174,12 +174,13 @@ def start_nodes(
     count: int,
     *,
     data_dir: Path,
-    database: str,
-    redis: str,
+    database: str | None = None,
+    redis: str | None = None,
     host: str = "127.0.0.1",
     tls: bool = False,
     env: Mapping[str, str] | None = None,
     args: Sequence[str] = (),
+    timeout: float = START_TIMEOUT_S,
 ) -> list[NodeProcess]:
     """Starts ``count`` nodes of one service on free ports of ``host``, one after the other (the first
     creates the shared secret and certificate); returns them running. If one fails, those already
@@ -191,7 +192,7 @@ def start_nodes(
                 data_dir, database=database, redis=redis, host=host, tls=tls, env=env, args=args
             )
             nodes.append(node)
-            node.start()
+            node.start(timeout)
     except BaseException:
         stop_nodes(nodes)
         raise
