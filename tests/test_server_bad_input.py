@@ -425,6 +425,22 @@ def test_a_mailbox_that_answers_nothing_is_cut_off_and_one_that_answers_pings_st
     run(relay, case)
 
 
+def test_a_client_ping_is_answered_and_changes_nothing(relay: Relay) -> None:
+    """The server answers a client's WebSocket PING with a PONG carrying the same bytes (it pings
+    mailboxes itself, so it handles pings and pongs rather than leaving them to aiohttp)."""
+
+    async def case(session: aiohttp.ClientSession) -> None:
+        ws = await session.ws_connect(relay.url + "/v1/stream", autoping=False)  # pongs reach us
+        assert isinstance(f.parse((await ws.receive(timeout=5)).data), f.Challenge)
+        await ws.ping(b"kluis?")
+        msg = await ws.receive(timeout=5)
+        assert msg.type is aiohttp.WSMsgType.PONG
+        assert msg.data == b"kluis?"
+        await ws.close()
+
+    run(relay, case)
+
+
 def test_an_idle_sending_stream_is_timed_out(relay: Relay) -> None:
     async def case(session: aiohttp.ClientSession) -> None:
         stream = await SendStream.connect(session, relay.url, relay.send_pass, False)

@@ -93,6 +93,8 @@ def test_config_is_immutable() -> None:
         (None, {"send_burst": 4}, "send_burst must be at least max_envelopes_per_frame"),
         (None, {"retention_days": 0}, "retention_days"),
         (None, {"log_level": "LOUD"}, "log_level"),
+        (None, {"sqlite_cache_mib": 0}, "sqlite_cache_mib: Input should be greater than or equal to 1"),
+        (None, {"sqlite_cache_mib": "lots"}, "sqlite_cache_mib"),
         (None, {"no_such": 1}, "unknown setting(s): no_such"),
     ],
 )
