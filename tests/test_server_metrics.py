@@ -5,13 +5,19 @@ from __future__ import annotations
 from typing import Any, get_args
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import Histogram as ReferenceHistogram
 from prometheus_client.parser import text_string_to_metric_families
 
 from kluis.relay.frames import FrameType
 from kluis.server.metrics import (
+    LATENCY_BUCKETS,
     ConnectionKind,
     Direction,
     EnvelopeEvent,
+    Histogram,
     Metrics,
     RefusedConnection,
     RejectReason,
@@ -127,3 +133,32 @@ def test_instances_do_not_share_a_registry() -> None:
     a, b = Metrics(process=False), Metrics(process=False)
     a.accounts_registered.inc()
     assert b"kluis_accounts_registered_total 0.0" in b.render()[0]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(min_value=0, max_value=20, allow_nan=False) | st.sampled_from(LATENCY_BUCKETS)))
+def test_the_histogram_exposes_what_prometheus_clients_own_would(values: list[float]) -> None:
+    """metrics.Histogram (no lock per observation) against prometheus_client's Histogram, bucket
+    bounds included (le is "less than or equal")."""
+    ours_registry, reference_registry = CollectorRegistry(), CollectorRegistry()
+    ours = Histogram("h_seconds", "A latency.", LATENCY_BUCKETS, ours_registry)
+    reference = ReferenceHistogram(
+        "h_seconds", "A latency.", buckets=LATENCY_BUCKETS, namespace="kluis", registry=reference_registry
+    )
+    for value in values:
+        ours.observe(value)
+        reference.observe(value)
+
+    def samples(registry: CollectorRegistry) -> dict[tuple[str, str], float]:
+        text = generate_latest(registry).decode()
+        return {
+            (s.name, s.labels.get("le", "")): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if not s.name.endswith("_created")
+        }
+
+    theirs = samples(reference_registry)
+    assert samples(ours_registry).keys() == theirs.keys()
+    for key, value in samples(ours_registry).items():
+        assert value == pytest.approx(theirs[key]), key

@@ -100,8 +100,10 @@ class StoredEnvelope(NamedTuple):
         return f"StoredEnvelope(.., {len(self.ciphertext)} bytes, expiry_day={self.expiry_day})"
 
 
-@dataclass(frozen=True, slots=True)
-class MailboxItem:
+class MailboxItem(NamedTuple):
+    """An envelope handed to a mailbox: built for every envelope delivered (a NamedTuple, as
+    StoredEnvelope)."""
+
     seq: int
     envelope_id: bytes
     ciphertext: bytes
