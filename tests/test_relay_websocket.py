@@ -113,23 +113,23 @@ def _error(stream: bytes, max_message: int = 1000) -> WebSocketError:
     return info.value
 
 
-@pytest.mark.parametrize(
-    ("stream", "why"),
-    [
-        (bytes([0x82, 0x03]) + b"abc", "client frame not masked"),
-        (bytes([0xC2]) + client_frame(Opcode.BINARY, b"abc")[1:], "reserved bits set"),
-        (bytes([0x83]) + client_frame(Opcode.BINARY, b"abc")[1:], "unknown opcode"),
-        (bytes([0x8B]) + client_frame(Opcode.BINARY, b"abc")[1:], "unknown opcode"),
-        (client_frame(Opcode.PING, b"p" * 126), "control frame fragmented or too long"),
-        (client_frame(Opcode.PING, b"p", fin=False), "control frame fragmented or too long"),
-        (client_frame(Opcode.CONTINUATION, b"abc"), "continuation without a message"),
-        (
-            client_frame(Opcode.BINARY, b"abc", fin=False) + client_frame(Opcode.BINARY, b"def"),
-            "new message inside a fragmented one",
-        ),
-        (bytes([0x82, 0xFF]) + (1 << 63).to_bytes(8, "big") + b"mask", "payload length out of range"),
-    ],
-)
+BROKEN_FRAMES = [
+    (bytes([0x82, 0x03]) + b"abc", "client frame not masked"),
+    (bytes([0xC2]) + client_frame(Opcode.BINARY, b"abc")[1:], "reserved bits set"),
+    (bytes([0x83]) + client_frame(Opcode.BINARY, b"abc")[1:], "unknown opcode"),
+    (bytes([0x8B]) + client_frame(Opcode.BINARY, b"abc")[1:], "unknown opcode"),
+    (client_frame(Opcode.PING, b"p" * 126), "control frame fragmented or too long"),
+    (client_frame(Opcode.PING, b"p", fin=False), "control frame fragmented or too long"),
+    (client_frame(Opcode.CONTINUATION, b"abc"), "continuation without a message"),
+    (
+        client_frame(Opcode.BINARY, b"abc", fin=False) + client_frame(Opcode.BINARY, b"def"),
+        "new message inside a fragmented one",
+    ),
+    (bytes([0x82, 0xFF]) + (1 << 63).to_bytes(8, "big") + b"mask", "payload length out of range"),
+]
+
+
+@pytest.mark.parametrize(("stream", "why"), BROKEN_FRAMES, ids=[why for _, why in BROKEN_FRAMES])
 def test_frames_that_break_the_rules_are_protocol_errors(stream: bytes, why: str) -> None:
     error = _error(stream)
     assert error.code is CloseCode.PROTOCOL_ERROR

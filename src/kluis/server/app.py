@@ -9,12 +9,10 @@ from aiohttp import web
 from kluis.server.config import ServerConfig
 from kluis.server.http import MAX_BODY, RELAY, add_routes, errors_middleware
 from kluis.server.relay import Relay
+from kluis.server.stream import CLOSE_TIMEOUT_S
 from kluis.server.ws import Connection, StreamSettings
 
 CONNECTIONS: web.AppKey[set[Connection]] = web.AppKey("connections", set)
-CLOSE_TIMEOUT_S = 2.0
-"""How long a closing WebSocket waits for the peer's close reply; a peer that stopped reading must
-not hold a shutdown for aiohttp's default 10 s."""
 SETTINGS: web.AppKey[StreamSettings] = web.AppKey("settings", StreamSettings)
 CONFIG: web.AppKey[ServerConfig] = web.AppKey("config", ServerConfig)
 
@@ -33,7 +31,18 @@ async def stream(request: web.Request) -> web.StreamResponse:
         timeout=CLOSE_TIMEOUT_S,
     )
     await ws.prepare(request)
-    connection = Connection(ws, request.app[RELAY], request.app[SETTINGS], request.transport)
+    # aiohttp did the opening handshake; the stream takes the transport over (server/stream.py).
+    transport = request.transport
+    if transport is None or transport.is_closing():
+        return ws  # the client went away during the handshake
+    connection = Connection(
+        transport,
+        request.app[RELAY],
+        request.app[SETTINGS],
+        max_message=config.max_frame_bytes,
+        http_protocol=request.protocol,
+    )
+    transport.set_protocol(connection)
     connections.add(connection)
     try:
         await connection.run()

@@ -1,35 +1,33 @@
-"""The WebSocket stream: one connection's life, from CHALLENGE to close (relay/connection.py).
+"""The relay stream: one connection's life, from CHALLENGE to close (relay/connection.py).
 
+The WebSocket itself (framing, order of handling, back-pressure, closing) is server/stream.py's.
 Outgoing frames are coalesced: acknowledgements and deliveries produced during one event-loop pass
-leave in as few frames as possible (up to MAX_BATCH items each), written by one writer task per
-connection, because per-frame cost decides a Python relay's throughput (PERFORMANCE.md). A client
-that does not read (a batch not taken within ``write_timeout``, or a queue over ``MAX_QUEUED_FRAMES``)
-is cut off rather than buffered forever.
+leave in as few frames as possible (up to MAX_BATCH items each) and in one write, because per-frame
+cost decides a Python relay's throughput (PERFORMANCE.md). A client that does not read (no room made
+within ``write_timeout``, or a queue over ``MAX_QUEUED_FRAMES``) is cut off rather than buffered
+forever.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import time
 from collections.abc import Coroutine
 
-from aiohttp import WSMsgType, web
-
 from kluis.protocol.errors import DecodeError, UnsupportedVersion
 from kluis.relay import frames as f
 from kluis.relay.connection import FrameNotAllowed, State, next_state
+from kluis.relay.websocket import CloseCode
 from kluis.server.errors import AuthFailed, RelayError, Revoked, SubscriptionExpired, Unavailable
 from kluis.server.metrics import ConnectionKind
 from kluis.server.relay import Relay, Screened
 from kluis.server.storage.base import AccountId, MailboxItem, StorageError
+from kluis.server.stream import Pending, Stream
 
 log = logging.getLogger("kluis.server.ws")
 
-WRITE_BUFFER_LIMIT = 256 * 1024
-"""Bytes waiting in the socket's buffer above which frames go through the back-pressured writer."""
 MAX_QUEUED_FRAMES = 4096
 """Frames waiting for a slow reader before the connection is cut (a few MB at most)."""
 DELIVERY_WINDOW = 512
@@ -129,11 +127,10 @@ class RateLimiter:
         return True
 
 
-class Connection:
+class Connection(Stream):
     """One client connection. Implements MailboxSink once authenticated."""
 
     __slots__ = (
-        "_busy",
         "_closing",
         "_deliveries",
         "_drain_task",
@@ -142,17 +139,12 @@ class Connection:
         "_fetch_again",
         "_fetches",
         "_flush_scheduled",
-        "_frames",
-        "_idle",
         "_in_flight",
         "_in_flight_bytes",
         "_kind",
-        "_last_frame",
         "_limiter",
-        "_loop",
         "_nonce",
         "_pinged_at",
-        "_raw_write",
         "_receipt_ids",
         "_receipt_task",
         "_receipts",
@@ -163,40 +155,36 @@ class Connection:
         "_store_task",
         "_tasks",
         "_to_store",
-        "_transport",
         "_typical_size",
         "_watchdog",
-        "_writer_task",
         "account",
         "relay",
         "settings",
         "state",
-        "ws",
     )
 
     def __init__(
         self,
-        ws: web.WebSocketResponse,
+        transport: asyncio.Transport,
         relay: Relay,
         settings: StreamSettings,
-        transport: asyncio.Transport | None = None,
+        *,
+        max_message: int,
+        http_protocol: asyncio.BaseProtocol | None = None,
     ) -> None:
-        self.ws = ws
-        # Kept: on Python 3.11 each asyncio.get_running_loop() (also inside ensure_future) is a
-        # getpid() system call, several per envelope; that was 7% of a busy relay's CPU.
-        self._loop = asyncio.get_running_loop()
-        self._transport = transport
+        super().__init__(
+            transport,
+            max_message=max_message,
+            write_timeout=settings.write_timeout,
+            http_protocol=http_protocol,
+        )
         self.relay = relay
         self.settings = settings
         self.state = State.AWAIT_HELLO
         self.account: AccountId | None = None
         self._results: list[tuple[bytes, f.SendStatus]] = []
         self._deliveries: list[f.Delivery] = []
-        self._frames: list[bytes] = []
         self._flush_scheduled = False
-        # aiohttp's synchronous frame writer (what send_bytes calls before it waits on the socket);
-        # None if a future aiohttp renames it: then every frame takes the back-pressured path.
-        self._raw_write = getattr(getattr(ws, "_writer", None), "_write_websocket_frame", None)
         self._closing: Closing | None = None
         # Mailbox cursor: highest seq sent; deliveries above it come from storage (drain) until
         # caught up, then live. Order per mailbox is kept because storage seqs increase.
@@ -218,10 +206,8 @@ class Connection:
         self._limiter = RateLimiter(settings.send_rate, settings.send_burst)
         self._tasks: list[asyncio.Task[None]] = []
         self._nonce = os.urandom(f.NONCE_LEN)
-        # Events are made only when someone waits (an idle connection should cost little memory:
-        # issue 3's W4 holds 10,000 of them). _busy: a frame is being handled.
-        self._busy = False
-        self._idle: asyncio.Future[None] | None = None
+        # Futures are made only when someone waits (an idle connection should cost little memory:
+        # issue 3's W4 holds 10,000 of them).
         self._to_store: list[Screened] = []
         self._room: asyncio.Future[None] | None = None
         self._store_task: asyncio.Future[None] | None = None
@@ -229,11 +215,9 @@ class Connection:
         self._receipt_ids: list[bytes] = []
         """With _shared: the envelope id of each seq in _receipts (storage seqs then)."""
         self._receipt_task: asyncio.Future[None] | None = None
-        self._last_frame = 0.0
         self._pinged_at = 0.0
         """When the outstanding heartbeat ping was sent (0: none is)."""
         self._watchdog: asyncio.TimerHandle | None = None
-        self._writer_task: asyncio.Task[None] | None = None
         self._error_sent = False
         self._kind: ConnectionKind | None = None
 
@@ -242,7 +226,7 @@ class Connection:
     def _schedule(self) -> None:
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
+            self.loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -253,35 +237,15 @@ class Connection:
         self._emit()
 
     def _emit(self) -> None:
-        """Writes queued frames now when the socket keeps up; else hands them to the writer task.
-
-        The fast path writes each frame with aiohttp's synchronous frame writer, which is what
-        ``send_bytes`` does before it awaits back-pressure; skipping the coroutine and a writer task
-        per connection saves a task switch per flush (W1) and a task per idle connection (W4). When
-        the socket's buffer is over WRITE_BUFFER_LIMIT, or that writer is unavailable, the writer
-        task sends with ``send_bytes``, which waits for the client to read (write_timeout applies).
-        """
-        if not self._frames:
-            return
-        task = self._writer_task
-        if task is not None and not task.done():
-            return  # the slow path is draining; it takes these frames too
-        transport = self._transport
-        write = self._raw_write
-        if (
-            write is None
-            or transport is None
-            or transport.is_closing()
-            or self.ws.closed
-            or transport.get_write_buffer_size() > WRITE_BUFFER_LIMIT
-        ):
-            self._writer_task = self._loop.create_task(self._writer())
-            return
-        frames, self._frames = self._frames, []
         metrics = self.relay.metrics
-        for frame in frames:
-            write(frame, WSMsgType.BINARY, 0)
+        for frame in self.emit():
             metrics.frame_sent(_FRAME_TYPES[frame[1]], len(frame))
+
+    def resumed(self) -> None:
+        self._emit()
+
+    def stalled(self) -> None:
+        self._cut("client does not read")
 
     def _pack(self) -> None:
         """Turns pending acknowledgements and deliveries into frames, in the order they arose."""
@@ -300,42 +264,72 @@ class Connection:
         self._schedule()
 
     def _close_soon(self, code: f.ErrorCode, text: str) -> None:
-        """Ends the connection from outside the read loop (replaced, revoked, timed out)."""
-        if self._closing is None:
-            self._closing = Closing(code, text)
-            self._flush()
-            self._tasks.append(self._loop.create_task(self._close_after_writes()))
+        """Ends the connection with an ERROR frame (replaced, revoked, timed out, refused frame)."""
+        self._fail(Closing(code, text))
 
-    async def _close_after_writes(self) -> None:
-        task = self._writer_task
-        if task is not None and not task.done():
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(task, self.settings.write_timeout)
-        # Closing the WebSocket ends the read loop's receive().
-        await self._send_error_and_close()
+    def _fail(self, closing: Closing) -> None:
+        if self._closing is None and not self.lost:
+            self._closing = closing
+            self.stop()
+            self._detach()
+            self._tasks.append(self.loop.create_task(self._finish()))
 
-    async def _writer(self) -> None:
-        """The slow path of :meth:`_emit`: sends with back-pressure until the queue is empty."""
-        while self._frames:
-            frames, self._frames = self._frames, []
-            try:
-                # One deadline per batch (not per frame).
-                async with asyncio.timeout(self.settings.write_timeout):
-                    for frame in frames:
-                        await self.ws.send_bytes(frame)
-                        self.relay.metrics.frame_sent(_FRAME_TYPES[frame[1]], len(frame))
-            except TimeoutError:
-                self._cut("client does not read")
-                return
+    def _detach(self) -> None:
+        """Leaves the fan-out as soon as the connection is ending, not when its close handshake is
+        over: envelopes and notices for the account go to its next connection meanwhile."""
+        if self.account is not None:
+            self.relay.fanout.detach(self.account, self)
+
+    async def _finish(self) -> None:
+        """Acknowledges what is being committed (up to 2 s), then ERROR and the close."""
+        if self._store_task is not None and not self._store_task.done():
+            await asyncio.wait([self._store_task], timeout=2)
+        self._send_error_and_close()
+
+    def _send_error_and_close(self) -> None:
+        if self._error_sent:
+            return
+        self._error_sent = True
+        self._pack()
+        error = None if self._closing is None else f.Error(self._closing.code, self._closing.text)
+        self.close_now(CloseCode.NORMAL, last=None if error is None else f.serialize(error))
 
     def _cut(self, why: str, *, dead: bool = False) -> None:
         """Drops a client that does not read (or, ``dead``, answers nothing at all): its socket is
-        aborted, which also ends the read loop."""
+        aborted at once."""
         self.relay.metrics.connection_refused("idle" if dead else "flood")
         self._closing = Closing(f.ErrorCode.TIMEOUT if dead else f.ErrorCode.RATE_LIMITED, why)
         self._error_sent = True  # nothing more can be written to it
-        if self._transport is not None:
-            self._transport.abort()
+        self._detach()
+        self.abort()
+
+    # -- Stream ---------------------------------------------------------------------------------
+
+    def on_binary(self, payload: bytes) -> Pending | None:
+        return self._handle(payload)
+
+    def on_text(self) -> None:
+        self._fail(Closing(f.ErrorCode.MALFORMED, "only binary frames are accepted"))
+
+    def on_failure(self, error: Exception) -> None:
+        if isinstance(error, Closing):
+            self._fail(error)
+        elif isinstance(error, Unavailable):
+            self._fail(Closing(f.ErrorCode.INTERNAL, "storage unavailable"))
+        else:  # a bug must not kill the server; no details (they may be sensitive)
+            log.error("connection handler failed", exc_info=error)
+            self._fail(Closing(f.ErrorCode.INTERNAL, "internal error"))
+
+    def on_lost(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        if self._kind is not None:
+            self.relay.metrics.connection_closed(self._kind)
+        self._detach()
+        for task in self._tasks:
+            task.cancel()
+        if self._drain_task is not None:
+            self._drain_task.cancel()
 
     # -- MailboxSink ----------------------------------------------------------------------------
 
@@ -408,7 +402,7 @@ class Connection:
         task, which matters with 10,000 connections)."""
         self._fetch_again = True
         if self._drain_task is None or self._drain_task.done():
-            self._drain_task = self._loop.create_task(self._drain())
+            self._drain_task = self.loop.create_task(self._drain())
 
     async def _drain(self) -> None:
         try:
@@ -515,7 +509,7 @@ class Connection:
             return True
         self._to_store.append(relay.screen_cached(frame.envelopes))
         if self._store_task is None or self._store_task.done():
-            self._store_task = self._loop.create_task(self._store_loop())
+            self._store_task = self.loop.create_task(self._store_loop())
         return True
 
     def _refuse_rate(self, frame: f.Send) -> None:
@@ -531,7 +525,7 @@ class Connection:
         # arrive meanwhile are stored together in one append. At most max_in_flight frames wait to
         # be stored (then this connection stops reading and TCP pushes back on the client).
         if len(self._to_store) >= self.settings.max_in_flight:
-            self._room = self._loop.create_future()
+            self._room = self.loop.create_future()
             await self._room
         relay = self.relay
         if relay.all_cached(frame.envelopes):
@@ -540,7 +534,7 @@ class Connection:
             screened = await relay.screen(frame.envelopes)
             self._to_store.append(screened)  # bound after the await: the store loop may swap the list
         if self._store_task is None or self._store_task.done():
-            self._store_task = self._loop.create_task(self._store_loop())
+            self._store_task = self.loop.create_task(self._store_loop())
 
     async def _store_loop(self) -> None:
         """Stores screened frames in arrival order, batching what queued up during each commit."""
@@ -574,7 +568,7 @@ class Connection:
                     self._receipts.append(row[0])
                     self._receipt_ids.append(row[1])
             if self._receipt_task is None or self._receipt_task.done():
-                self._receipt_task = self._loop.create_task(self._receipt_loop())
+                self._receipt_task = self.loop.create_task(self._receipt_loop())
         self.relay.metrics.envelopes("acknowledged", len(frame.seqs))
         for seq in frame.seqs:
             self._in_flight_bytes -= self._in_flight.pop(seq, 0)
@@ -640,113 +634,42 @@ class Connection:
     async def shutdown(self, grace: float) -> None:
         """Server shutdown: let the frame being handled finish (its envelopes are committed and
         acknowledged), flush every frame owed, then close with SHUTTING_DOWN."""
-        with contextlib.suppress(TimeoutError):
-            if self._busy:
-                self._idle = self._loop.create_future()
-                await asyncio.wait_for(self._idle, grace)
+        busy = self.busy()
+        if busy is not None:
+            await asyncio.wait([busy], timeout=grace)
         if self._store_task is not None:  # envelopes being committed are acknowledged before the close
             await asyncio.wait([self._store_task], timeout=grace)
-        self._flush()
         if self._closing is None:
             self._closing = Closing(f.ErrorCode.SHUTTING_DOWN, "server shutting down")
-        task = self._writer_task
-        if task is not None and not task.done():
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(task, grace)
-        await self._send_error_and_close()
+        self.stop()
+        self._detach()
+        self._send_error_and_close()
+        await self.wait_closed(grace)
 
     async def run(self) -> None:
+        """Says CHALLENGE, then lives until the transport is gone (the stream handles the frames)."""
         self.send_frame(f.Challenge(self._nonce, self.relay.today()))
+        self._watchdog = self.loop.call_later(self.settings.handshake_timeout, self._check_idle)
         try:
-            await self._read_loop()
-        except Closing as closing:
-            self._closing = closing
-        except Unavailable:
-            self._closing = Closing(f.ErrorCode.INTERNAL, "storage unavailable")
-        except (ConnectionResetError, asyncio.CancelledError):
-            pass
-        except Exception:  # a bug must not kill the server; no details (they may be sensitive)
-            log.exception("connection handler failed")
-            self._closing = Closing(f.ErrorCode.INTERNAL, "internal error")
-        finally:
-            if self._kind is not None:
-                self.relay.metrics.connection_closed(self._kind)
-            if self.account is not None:
-                self.relay.fanout.detach(self.account, self)
-            for task in self._tasks:
-                task.cancel()
-            if self._drain_task is not None:
-                self._drain_task.cancel()
-            await self._finish()
-
-    async def _finish(self) -> None:
-        task = self._writer_task
-        if self._closing is None:  # the client went away: nothing more to say
-            if task is not None:
-                task.cancel()
-        else:
-            if self._store_task is not None:  # acknowledge what was committed before saying goodbye
-                await asyncio.wait([self._store_task], timeout=2)
-                self._flush()
-                task = self._writer_task
-            if task is not None and not task.done():
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(task, timeout=2)
-        await self._send_error_and_close()
-
-    async def _send_error_and_close(self) -> None:
-        if not self.ws.closed and self._closing is not None and not self._error_sent:
-            self._error_sent = True
-            with contextlib.suppress(Exception):
-                await self.ws.send_bytes(f.serialize(f.Error(self._closing.code, self._closing.text)))
-        with contextlib.suppress(Exception):
-            await self.ws.close()
-
-    async def _read_loop(self) -> None:
-        loop = self._loop
-        self._last_frame = loop.time()
-        self._watchdog = loop.call_later(self.settings.handshake_timeout, self._check_idle)
-        try:
-            while self._closing is None:
-                msg = await self.ws.receive()
-                if msg.type == WSMsgType.BINARY:
-                    self._last_frame = loop.time()
-                    self._busy = True
-                    try:
-                        pending = self._handle(msg.data)
-                        if pending is not None:
-                            await pending
-                    finally:
-                        self._busy = False
-                        if self._idle is not None and not self._idle.done():
-                            self._idle.set_result(None)
-                elif msg.type is WSMsgType.PONG:  # an answer to the heartbeat (_check_alive)
-                    self._last_frame = loop.time()
-                elif msg.type is WSMsgType.PING:
-                    self._last_frame = loop.time()
-                    await self.ws.pong(msg.data)
-                elif msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
-                    return
-                else:
-                    raise Closing(f.ErrorCode.MALFORMED, "only binary frames are accepted")
-        finally:
-            if self._watchdog is not None:
-                self._watchdog.cancel()
+            await self.wait_closed()
+        except asyncio.CancelledError:
+            self.abort()
+            raise
 
     def _check_idle(self) -> None:
         """One timer per connection instead of a timeout per receive (that cost 8% of the CPU of a
         busy relay): a hello must come within handshake_timeout, and a sending stream must not be
         silent for idle_timeout. Mailboxes may idle for hours; heartbeats keep them honest."""
-        if self._closing is not None:
+        if self._closing is not None or self.lost:
             return
-        loop = self._loop
+        loop = self.loop
         if self.state is State.MAILBOX:
             self._check_alive(loop)
             return
         limit = (
             self.settings.handshake_timeout if self.state is State.AWAIT_HELLO else self.settings.idle_timeout
         )
-        remaining = self._last_frame + limit - loop.time()
+        remaining = self.last_frame + limit - loop.time()
         if remaining > 0 and self.state is not State.AWAIT_HELLO:
             self._watchdog = loop.call_later(remaining, self._check_idle)
             return
@@ -765,19 +688,14 @@ class Connection:
         is noticed within twice ``heartbeat``. aiohttp's own heartbeat took a timer, a callback per
         read and a task per ping for every connection (about 1.2 KiB each with 10,000 of them)."""
         now = loop.time()
-        if self._pinged_at and self._last_frame < self._pinged_at:
+        if self._pinged_at and self.last_frame < self._pinged_at:
             self._cut("no answer to the heartbeat", dead=True)
             return
         self._pinged_at = 0.0
-        if now - self._last_frame >= self.settings.heartbeat:
+        if now - self.last_frame >= self.settings.heartbeat:
             # Also behind a full buffer: a client that stopped reading never answers, and when no
             # frame is waiting for room (the delivery window is full) no write timeout would run.
-            transport = self._transport
-            if self._raw_write is not None and transport is not None and not transport.is_closing():
-                self._raw_write(b"", WSMsgType.PING, 0)
-            else:
-                self._tasks = [t for t in self._tasks if not t.done()]
-                self._tasks.append(self._loop.create_task(self.ws.ping()))
+            self.ping()
             self._pinged_at = now
         self._watchdog = loop.call_later(self.settings.heartbeat, self._check_idle)
 
