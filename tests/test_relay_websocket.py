@@ -21,6 +21,7 @@ from kluis.relay.websocket import (
     close_payload,
     frame_header,
     unmask,
+    unmask_int,
 )
 
 
@@ -84,7 +85,9 @@ def test_a_control_frame_between_fragments_comes_out_before_the_message() -> Non
 
 @given(st.binary(min_size=4, max_size=4), st.binary(max_size=3000))
 def test_unmask_is_the_repeated_xor(mask: bytes, payload: bytes) -> None:
-    assert unmask(mask, payload) == bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    expected = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    assert unmask(mask, payload) == expected
+    assert unmask_int(mask, payload) == expected  # the fallback
 
 
 @pytest.mark.parametrize("length", [0, 1, 125, 126, 65535, 65536, 200_000])

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import enum
 import struct
+from collections.abc import Callable
 
 _U16 = struct.Struct(">H")
 _U64 = struct.Struct(">Q")
@@ -55,14 +56,35 @@ class WebSocketError(Exception):
         self.reason = reason
 
 
-def unmask(mask: bytes, payload: bytes) -> bytes:
-    """XORs ``payload`` with the 4-byte ``mask`` repeated (section 5.3), as one integer operation:
-    CPython does it in C, tens of times faster than a loop over bytes."""
+def unmask_int(mask: bytes, payload: bytes) -> bytes:
+    """XORs ``payload`` with the 4-byte ``mask`` repeated (section 5.3), as one integer operation
+    (CPython does it in C, tens of times faster than a loop over bytes)."""
     n = len(payload)
     if n == 0:
         return b""
     key = (mask * ((n + 3) >> 2))[:n]
     return (int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
+
+
+def _unmask_with(mask_in_place: Callable[[bytes, bytearray], None]) -> Callable[[bytes, bytes], bytes]:
+    def unmask(mask: bytes, payload: bytes) -> bytes:
+        data = bytearray(payload)
+        mask_in_place(mask, data)
+        return bytes(data)
+
+    return unmask
+
+
+unmask: Callable[[bytes, bytes], bytes]
+try:
+    # aiohttp's compiled masking (it does the handshake for us, so it is installed): 5-40x faster
+    # than unmask_int, 4 us instead of 200 us for a 140 KB envelope. An internal module, hence the
+    # fallback; tests check both give the same bytes.
+    from aiohttp._websocket.helpers import websocket_mask as _aiohttp_mask
+except ImportError:  # pragma: no cover - an aiohttp that moved it
+    unmask = unmask_int
+else:
+    unmask = _unmask_with(_aiohttp_mask)
 
 
 def frame_header(opcode: Opcode, length: int) -> bytes:
@@ -119,7 +141,32 @@ class FrameReader:
         messages: list[tuple[Opcode, bytes]] = []
         pos = 0
         end = len(buffer)
-        while (header := self._header(buffer, pos, end)) is not None:
+        binary = Opcode.BINARY
+        while end - pos >= 2:
+            # The common frame first: a whole binary message (FIN, no RSV), masked, its length in
+            # 7 or 16 bits, outside a fragmented message. The rules are the same as _header's.
+            second = buffer[pos + 1]
+            if buffer[pos] == 0x82 and 0x80 <= second < 0xFF and self._fragmented is None:
+                length = second & 0x7F
+                head = pos + 2
+                if length == 126:
+                    if end - head < 2:
+                        break
+                    length = (buffer[head] << 8) | buffer[head + 1]
+                    head += 2
+                if length > self.max_message:
+                    raise WebSocketError(CloseCode.MESSAGE_TOO_BIG, "message too big")
+                body = head + 4
+                stop = body + length
+                if stop > end:
+                    self._need = stop - end
+                    break
+                messages.append((binary, unmask(buffer[head:body], buffer[body:stop])))
+                pos = stop
+                continue
+            header = self._header(buffer, pos, end)
+            if header is None:
+                break
             opcode, fin, head, length = header
             body = head + 4
             stop = body + length
@@ -205,4 +252,5 @@ __all__ = [
     "close_payload",
     "frame_header",
     "unmask",
+    "unmask_int",
 ]

@@ -402,6 +402,8 @@ class Relay:
 
     def all_cached(self, envelopes: tuple[f.OutgoingEnvelope, ...]) -> bool:
         cache = self._cache
+        if len(envelopes) == 1:  # most frames: no generator
+            return envelopes[0].recipient in cache
         return all(e.recipient in cache for e in envelopes)
 
     async def store(self, screened: Screened) -> SendResults:
