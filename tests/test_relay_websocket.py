@@ -7,6 +7,7 @@ test; the end-to-end tests drive the same reader with aiohttp's client.
 from __future__ import annotations
 
 import os
+import re
 import struct
 
 import pytest
@@ -16,8 +17,10 @@ from hypothesis import strategies as st
 from kluis.relay.websocket import (
     CloseCode,
     FrameReader,
+    HandshakeError,
     Opcode,
     WebSocketError,
+    accept_handshake,
     close_payload,
     frame_header,
     unmask,
@@ -157,3 +160,39 @@ def test_a_large_frame_read_in_small_pieces_is_joined_once() -> None:
     for i in range(0, len(stream), 1000):
         out += reader.feed(stream[i : i + 1000])
     assert out == [(Opcode.BINARY, payload)]
+
+
+def test_the_handshake_answer_is_the_rfcs_own_example() -> None:
+    """RFC 6455 section 1.3: key "dGhlIHNhbXBsZSBub25jZQ==" gives "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="."""
+    headers = {
+        "Upgrade": "websocket",
+        "Connection": "keep-alive, Upgrade",
+        "Sec-WebSocket-Version": "13",
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+    }
+    assert accept_handshake(headers) == {
+        "Upgrade": "websocket",
+        "Connection": "Upgrade",
+        "Sec-WebSocket-Accept": "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=",
+    }
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        ({"Upgrade": "h2c"}, "not a WebSocket upgrade"),
+        ({"Connection": "keep-alive"}, "Connection does not say Upgrade"),
+        ({"Sec-WebSocket-Version": "8"}, "unsupported WebSocket version (13 is)"),
+        ({"Sec-WebSocket-Key": "c2hvcnQ="}, "Sec-WebSocket-Key is not 16 bytes"),
+        ({"Sec-WebSocket-Key": "not base64!"}, "Sec-WebSocket-Key is not base64"),
+    ],
+)
+def test_a_handshake_that_is_not_a_websocket_upgrade_is_refused(change: dict[str, str], why: str) -> None:
+    headers = {
+        "Upgrade": "websocket",
+        "Connection": "Upgrade",
+        "Sec-WebSocket-Version": "13",
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+    }
+    with pytest.raises(HandshakeError, match=re.escape(why)):
+        accept_handshake(headers | change)

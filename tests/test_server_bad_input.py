@@ -690,5 +690,12 @@ def test_http_bad_requests_are_typed_json_errors(relay: Relay) -> None:
                 payload = await response.json(content_type=None)
                 assert isinstance(payload["error"], str)
                 assert isinstance(payload["code"], str)
+        # The stream's route refuses what is not a WebSocket upgrade (RFC 6455 section 4.2.1) the
+        # same way, and the connection stays an HTTP one.
+        upgrade = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Key": b64(os.urandom(16))}
+        for headers in ({}, upgrade | {"Sec-WebSocket-Version": "8"}, upgrade | {"Sec-WebSocket-Key": "x"}):
+            async with session.get(relay.http_url + "/v1/stream", headers=headers) as response:
+                assert response.status == 400, headers
+                assert (await response.json(content_type=None))["code"] == "bad_request"
 
     run(relay, case)

@@ -1,7 +1,8 @@
-"""The server side of WebSocket framing (RFC 6455 section 5), sans I/O: bytes in, messages out.
+"""The server side of WebSocket (RFC 6455), sans I/O: the opening handshake's answer (section 4) and
+the framing (section 5), bytes in, messages out.
 
-The relay's stream (server/ws.py) reads and writes its frames with this instead of aiohttp's
-WebSocket object once aiohttp has done the opening handshake (RFC 6455 section 4), because a
+The relay's stream (server/stream.py) uses this instead of aiohttp's WebSocket object (aiohttp still
+parses the HTTP request and writes the 101 answer), because a
 queue, a future and a task switch per message were a measurable share of a busy relay's CPU and
 about 2 KiB of every idle connection (docs/OPERATING.md, "What bounds the relay"). No extension is
 negotiated (the handshake offers none), so every RSV bit must be clear.
@@ -12,9 +13,12 @@ Client frames must be masked (section 5.3); server frames are not. A message lar
 
 from __future__ import annotations
 
+import base64
+import binascii
 import enum
+import hashlib
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 _U16 = struct.Struct(">H")
 _U64 = struct.Struct(">Q")
@@ -54,6 +58,35 @@ class WebSocketError(Exception):
         super().__init__(reason)
         self.code = code
         self.reason = reason
+
+
+WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+"""Section 1.3: appended to the client's key before hashing."""
+
+
+class HandshakeError(Exception):
+    """A client's opening handshake is not a valid WebSocket upgrade (answered with 400)."""
+
+
+def accept_handshake(headers: Mapping[str, str]) -> dict[str, str]:
+    """Checks a client's opening handshake (section 4.2.1; ``headers`` looked up case-insensitively,
+    as aiohttp's are) and returns the headers of the server's 101 answer (section 4.2.2). No
+    subprotocol and no extension is offered, so none is accepted."""
+    if headers.get("Upgrade", "").strip().lower() != "websocket":
+        raise HandshakeError("not a WebSocket upgrade")
+    if "upgrade" not in {token.strip().lower() for token in headers.get("Connection", "").split(",")}:
+        raise HandshakeError("Connection does not say Upgrade")
+    if headers.get("Sec-WebSocket-Version", "").strip() != "13":
+        raise HandshakeError("unsupported WebSocket version (13 is)")
+    key = headers.get("Sec-WebSocket-Key", "").strip()
+    try:
+        if len(base64.b64decode(key, validate=True)) != 16:
+            raise HandshakeError("Sec-WebSocket-Key is not 16 bytes")
+    except binascii.Error:
+        raise HandshakeError("Sec-WebSocket-Key is not base64") from None
+    # SHA-1 because section 4.2.2 says so; it proves only that the server read the handshake.
+    accept = base64.b64encode(hashlib.sha1(key.encode() + WS_GUID, usedforsecurity=False).digest())
+    return {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Accept": accept.decode()}
 
 
 def unmask_int(mask: bytes, payload: bytes) -> bytes:
@@ -247,8 +280,10 @@ class FrameReader:
 __all__ = [
     "CloseCode",
     "FrameReader",
+    "HandshakeError",
     "Opcode",
     "WebSocketError",
+    "accept_handshake",
     "close_payload",
     "frame_header",
     "unmask",

@@ -651,7 +651,7 @@ class Connection(Stream):
         self.send_frame(f.Challenge(self._nonce, self.relay.today()))
         self._watchdog = self.loop.call_later(self.settings.handshake_timeout, self._check_idle)
         try:
-            await self.wait_closed()
+            await self._done  # not asyncio.wait: that takes a set, a future and callbacks per connection
         except asyncio.CancelledError:
             self.abort()
             raise
