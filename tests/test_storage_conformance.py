@@ -337,6 +337,21 @@ class TestMailbox:
 
         _run(run, body)
 
+    def test_discard_of_runs_with_gaps_deletes_exactly_those_seqs(self, run: object) -> None:
+        """SQLite deletes runs of consecutive seqs as ranges: the seqs between runs must stay."""
+
+        async def body(s: Storage) -> None:
+            a = account(1)
+            await s.accounts.create(a)
+            seqs = [seq for seq, _ in await s.mailbox.append([envelope(a.account_id, i) for i in range(8)])]
+            s.mailbox.discard(a.account_id, [seqs[6], seqs[0], seqs[3], seqs[2]])  # unordered, gaps
+            await s.mailbox.append([envelope(a.account_id, 9)])
+            left = [i.seq for i in await s.mailbox.fetch(a.account_id, 0, 20)]
+            assert left[:4] == [seqs[1], seqs[4], seqs[5], seqs[7]]
+            assert len(left) == 5
+
+        _run(run, body)
+
     def test_append_to_unknown_account_stores_nothing(self, run: object) -> None:
         async def body(s: Storage) -> None:
             a = account(1)

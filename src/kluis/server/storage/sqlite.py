@@ -333,17 +333,36 @@ class _DeleteWork:
             self._future.set_exception(error)
 
 
+_DELETE_RUN = "DELETE FROM mailbox WHERE recipient = ? AND seq BETWEEN ? AND ?"
+
+
 class _DiscardBatch:
-    """Every receipt of one loop pass: one ``executemany``, nobody waiting (MailboxStore.discard)."""
+    """Every receipt of one loop pass: one ``executemany``, nobody waiting (MailboxStore.discard).
+
+    Receipts name runs of consecutive seqs (a DELIVER frame's envelopes), and every seq inside such a
+    run was receipted, so each run is deleted as one range: one statement and one descent of the
+    B-tree per run instead of per envelope (the deletes were a fifth of a busy relay's CPU).
+    """
 
     name = "mailbox_discard"
 
     def __init__(self, store: SqliteMailboxStore) -> None:
         self._store = store
-        self.rows: list[tuple[AccountId, int]] = []
+        self.runs: list[tuple[AccountId, int, int]] = []
+
+    def add(self, recipient: AccountId, seqs: list[int]) -> None:
+        runs = self.runs
+        ordered = sorted(set(seqs))
+        start = previous = ordered[0]
+        for seq in ordered[1:]:
+            if seq != previous + 1:
+                runs.append((recipient, start, previous))
+                start = seq
+            previous = seq
+        runs.append((recipient, start, previous))
 
     def run(self, conn: sqlite3.Connection) -> None:
-        conn.executemany(_DELETE_BY_SEQ, self.rows)
+        conn.executemany(_DELETE_RUN, self.runs)
 
     def done(self, error: BaseException | None) -> None:
         if self._store._discards is self:
@@ -425,7 +444,7 @@ class SqliteMailboxStore:
             except StorageError:  # closed: the envelopes are delivered again after a restart
                 return
             self._discards = batch
-        batch.rows += [(recipient, seq) for seq in seqs]
+        batch.add(recipient, seqs)
 
     async def expire(self, today: int) -> int:
         self._db.flush(wait=True)
