@@ -150,7 +150,8 @@ class ServerConfig(BaseSettings):
     """A connection must finish the WebSocket upgrade and its hello or authentication within this."""
 
     write_timeout_s: float = Field(default=30.0, gt=0, le=3600)
-    """A client that takes longer than this to accept one batch of frames (it stopped reading) is cut off."""
+    """A client that leaves the server's send buffer full (over 256 KiB unread) for longer than this
+    (it stopped reading) is cut off."""
 
     heartbeat_s: float = Field(default=30.0, gt=0, le=3600)
     """Heartbeat of mailbox streams: one silent for this long is pinged, and one that answers neither
