@@ -16,7 +16,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from kluis.client.store import ProfileStore
+from kluis.client.store import ProfileStore, kv_put
 from kluis.protocol._codec import Reader, Writer
 from kluis.protocol.envelope import EnvelopeKeyRing
 from kluis.protocol.keys import IdentityKeyPair
@@ -95,7 +95,7 @@ class LocalAccount:
     def save_all(self, store: ProfileStore) -> None:
         def write(c: Any) -> None:
             for key, value in self.kv_items():
-                put(c, key, value)
+                kv_put(c, key, value)
 
         store.run_interaction("account_save", write)
 
@@ -132,12 +132,4 @@ class LocalAccount:
         return "LocalAccount(..)"
 
 
-def put(c: Any, key: str, value: bytes) -> None:
-    """Writes one kv entry inside a running transaction."""
-    c.execute(
-        "INSERT INTO kv (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        (key, value),
-    )
-
-
-__all__ = ["LocalAccount", "Settings", "parse_fingerprint", "put"]
+__all__ = ["LocalAccount", "Settings", "parse_fingerprint"]

@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 from kluis.client import content as ct
 from kluis.client import durations, tables
-from kluis.client.account import LocalAccount, Settings, put
+from kluis.client.account import LocalAccount, Settings
 from kluis.client.errors import (
     ClientError,
     ContactExists,
@@ -50,7 +50,7 @@ from kluis.client.invite import Invite, check_server
 from kluis.client.keyslots import DEFAULT_ARGON2, Argon2Params
 from kluis.client.link import NETWORK_ERRORS, RelayLink
 from kluis.client.profile import KEYSLOTS_NAME, Profile, Wiped, create_profile, unlock
-from kluis.client.store import Contact, ProfileStore, StoredMessage
+from kluis.client.store import Contact, ProfileStore, StoredMessage, kv_put
 from kluis.client.transport import RelayClientError
 from kluis.protocol.bundle import PreKeyBundle
 from kluis.protocol.envelope import EnvelopeKeyRing, seal
@@ -702,7 +702,7 @@ class Client:
 
         def write(c: Any) -> None:
             for key, value in me.kv_items():
-                put(c, key, value)
+                kv_put(c, key, value)
             if rotated:
                 update = ct.KeyUpdate(self.rng(16), _ms(now), me.ring.current_public())
                 for contact in tables.active_contacts(c):
@@ -806,7 +806,7 @@ class Client:
                 tables.rekey_contact(c, existing.id, fields)
             else:
                 tables.insert_contact(c, fields, name=name, timer=hello.timer_seconds)
-            put(c, "prekeys", self.me.prekeys.serialize())
+            kv_put(c, "prekeys", self.me.prekeys.serialize())
             tables.insert_seen(c, envelope_id, now + SEEN_RETENTION)
 
         self.store.run_interaction("invitee", write)
@@ -829,7 +829,7 @@ class Client:
             nonlocal contact_changed
             c.execute("UPDATE contacts SET sessions = ? WHERE id = ?", (sessions.serialize(), contact.id))
             if consumed_prekeys:
-                put(c, "prekeys", self.me.prekeys.serialize())
+                kv_put(c, "prekeys", self.me.prekeys.serialize())
             tables.insert_seen(c, envelope_id, now + SEEN_RETENTION)
             identity = IdentityPublicKey.from_bytes(contact.identity)
             match content:

@@ -190,6 +190,14 @@ def _migrate(conn: Any) -> None:
     )
 
 
+def kv_put(c: Any, key: str, value: bytes) -> None:
+    """Writes one kv entry inside a running transaction (ProfileStore.put is this in one of its own)."""
+    c.execute(
+        "INSERT INTO kv (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        (key, value),
+    )
+
+
 class ProfileStore:
     """The open profile database. One connection; every write is a named transaction."""
 
@@ -244,14 +252,7 @@ class ProfileStore:
     # -- kv: identity, prekey and ring snapshots
 
     def put(self, key: str, value: bytes) -> None:
-        self.run_interaction(
-            "kv_put",
-            lambda c: c.execute(
-                "INSERT INTO kv (key, value) VALUES (?, ?) "
-                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                (key, value),
-            ),
-        )
+        self.run_interaction("kv_put", lambda c: kv_put(c, key, value))
 
     def get(self, key: str) -> bytes | None:
         row = self._conn.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
