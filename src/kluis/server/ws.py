@@ -18,7 +18,7 @@ from collections.abc import Coroutine
 
 from kluis.protocol.errors import DecodeError, UnsupportedVersion
 from kluis.relay import frames as f
-from kluis.relay.connection import FrameNotAllowed, State, next_state
+from kluis.relay.connection import TRANSITIONS, FrameNotAllowed, State
 from kluis.relay.websocket import CloseCode
 from kluis.server.errors import AuthFailed, RelayError, Revoked, SubscriptionExpired, Unavailable
 from kluis.server.metrics import ConnectionKind
@@ -112,13 +112,14 @@ class RateLimiter:
 
     __slots__ = ("burst", "rate", "stamp", "tokens")
 
-    def __init__(self, rate: float, burst: float) -> None:
+    def __init__(self, rate: float, burst: float, now: float) -> None:
         self.rate, self.burst = rate, burst
         self.tokens = burst
-        self.stamp = time.monotonic()
+        self.stamp = now
 
-    def take(self, n: int) -> bool:
-        now = time.monotonic()
+    def take(self, n: int, now: float) -> bool:
+        """``now`` on a monotonic clock: the connection passes the loop time of the read that brought
+        the frame (one clock read per read, not per frame)."""
         self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
         self.stamp = now
         if self.tokens < n:
@@ -203,7 +204,7 @@ class Connection(Stream):
         self._fetches = 0
         """Mailbox fetches started so far (with _shared: did one run while a delete was unknown?)."""
         self._drain_task: asyncio.Future[None] | None = None
-        self._limiter = RateLimiter(settings.send_rate, settings.send_burst)
+        self._limiter = RateLimiter(settings.send_rate, settings.send_burst, self.loop.time())
         self._tasks: list[asyncio.Task[None]] = []
         self._nonce = os.urandom(f.NONCE_LEN)
         # Futures are made only when someone waits (an idle connection should cost little memory:
@@ -465,10 +466,9 @@ class Connection(Stream):
             raise Closing(f.ErrorCode.MALFORMED, str(error)) from None
         kind = _FRAME_TYPES[data[1]]
         self.relay.metrics.frame_received(kind, len(data))
-        try:
-            new_state = next_state(self.state, kind)
-        except FrameNotAllowed as error:
-            raise Closing(f.ErrorCode.NOT_ALLOWED, str(error)) from None
+        new_state = TRANSITIONS.get((self.state, kind))  # next_state, without a call per frame
+        if new_state is None:
+            raise Closing(f.ErrorCode.NOT_ALLOWED, str(FrameNotAllowed(self.state, kind)))
         if kind is f.FrameType.SEND:
             if self._send_now(frame):  # type: ignore[arg-type]
                 self.state = new_state
@@ -504,7 +504,7 @@ class Connection(Stream):
         relay = self.relay
         if len(self._to_store) >= self.settings.max_in_flight or not relay.all_cached(frame.envelopes):
             return False
-        if not self._limiter.take(len(frame.envelopes)):
+        if not self._limiter.take(len(frame.envelopes), self.last_frame):
             self._refuse_rate(frame)
             return True
         self._to_store.append(relay.screen_cached(frame.envelopes))
@@ -518,7 +518,7 @@ class Connection(Stream):
         self._schedule()
 
     async def _on_send(self, frame: f.Send) -> None:
-        if not self._limiter.take(len(frame.envelopes)):
+        if not self._limiter.take(len(frame.envelopes), self.last_frame):
             self._refuse_rate(frame)
             return
         # Pipelined: the next frame is read while earlier ones are being committed; frames that
