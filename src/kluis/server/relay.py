@@ -15,6 +15,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import groupby
+from operator import itemgetter
 from typing import Protocol
 
 from kluis.protocol._codec import Writer
@@ -421,29 +423,20 @@ class Relay:
             metrics.send_rejected("unavailable", len(accepted))
             return results
         metrics.commit(time.perf_counter() - started, len(accepted))
-        # One offer per run of envelopes to the same recipient (a frame, or a sender's frames merged
-        # into one commit, usually goes to one recipient): the sink's checks run once per run.
-        recipient: AccountId | None = None
-        run: list[MailboxItem] = []
+        fresh: list[tuple[AccountId, MailboxItem]] = []
         for (_, envelope), (seq, new) in zip(accepted, stored, strict=True):
             if not new:
                 metrics.envelopes("duplicate")
                 continue
             metrics.envelope_accepted(len(envelope.ciphertext))
-            if envelope.recipient != recipient:
-                if run:
-                    self._push(recipient, run)
-                recipient, run = envelope.recipient, []
-            run.append(MailboxItem(seq, envelope.envelope_id, envelope.ciphertext))
-        if run:
-            self._push(recipient, run)
+            fresh.append((envelope.recipient, MailboxItem(seq, envelope.envelope_id, envelope.ciphertext)))
+        # One offer per run of envelopes to the same recipient (a frame, or a sender's frames merged
+        # into one commit, usually goes to one recipient): the sink's checks run once per run.
+        for recipient, run in groupby(fresh, key=itemgetter(0)):
+            sink = self.fanout.get(recipient)
+            if sink is not None:
+                sink.offer([item for _, item in run])
         return results
-
-    def _push(self, recipient: AccountId | None, items: list[MailboxItem]) -> None:
-        assert recipient is not None
-        sink = self.fanout.get(recipient)
-        if sink is not None:
-            sink.offer(items)
 
     async def fetch(self, account_id: AccountId, after_seq: int, limit: int) -> list[MailboxItem]:
         return await self.storage.mailbox.fetch(account_id, after_seq, limit)

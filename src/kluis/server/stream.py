@@ -41,6 +41,16 @@ client that stopped reading must not hold a shutdown for long."""
 Pending = Coroutine[Any, Any, None]
 
 
+def _binary_frames(messages: list[bytes]) -> bytes:
+    """Binary messages as the bytes of one write, each an unfragmented frame."""
+    if len(messages) == 1:  # the common case, without a list and a join
+        return frame_header(Opcode.BINARY, len(messages[0])) + messages[0]
+    parts: list[bytes] = []
+    for message in messages:
+        parts += (frame_header(Opcode.BINARY, len(message)), message)
+    return b"".join(parts)
+
+
 class Stream(asyncio.Protocol):
     """The transport side of one WebSocket connection. Subclasses handle messages (:meth:`on_binary`)
     and are told about failures (:meth:`on_failure`) and the end (:meth:`on_lost`)."""
@@ -238,14 +248,7 @@ class Stream(asyncio.Protocol):
         if not frames or self._write_paused or self._lost or self._transport.is_closing():
             return []
         self._frames = []
-        if len(frames) == 1:
-            frame = frames[0]
-            self._transport.write(frame_header(Opcode.BINARY, len(frame)) + frame)
-        else:
-            parts: list[bytes] = []
-            for frame in frames:
-                parts += (frame_header(Opcode.BINARY, len(frame)), frame)
-            self._transport.write(b"".join(parts))
+        self._transport.write(_binary_frames(frames))
         return frames
 
     def ping(self) -> None:
@@ -285,15 +288,11 @@ class Stream(asyncio.Protocol):
         self._stopped = True
         if self._transport.is_closing():
             return
-        parts: list[bytes] = []
         frames, self._frames = self._frames, []
         if last is not None:
             frames.append(last)
-        for frame in frames:
-            parts += (frame_header(Opcode.BINARY, len(frame)), frame)
         payload = close_payload(code, reason)
-        parts += (frame_header(Opcode.CLOSE, len(payload)), payload)
-        self._transport.write(b"".join(parts))
+        self._transport.write(_binary_frames(frames) + frame_header(Opcode.CLOSE, len(payload)) + payload)
         self._close_timer = self.loop.call_later(CLOSE_TIMEOUT_S, self._transport.abort)
 
     def abort(self) -> None:

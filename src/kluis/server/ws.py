@@ -18,7 +18,7 @@ from collections.abc import Coroutine
 
 from kluis.protocol.errors import DecodeError, UnsupportedVersion
 from kluis.relay import frames as f
-from kluis.relay.connection import TRANSITIONS, FrameNotAllowed, State
+from kluis.relay.connection import FrameNotAllowed, State, next_state
 from kluis.relay.websocket import CloseCode
 from kluis.server.errors import AuthFailed, RelayError, Revoked, SubscriptionExpired, Unavailable
 from kluis.server.metrics import ConnectionKind
@@ -466,9 +466,10 @@ class Connection(Stream):
             raise Closing(f.ErrorCode.MALFORMED, str(error)) from None
         kind = _FRAME_TYPES[data[1]]
         self.relay.metrics.frame_received(kind, len(data))
-        new_state = TRANSITIONS.get((self.state, kind))  # next_state, without a call per frame
-        if new_state is None:
-            raise Closing(f.ErrorCode.NOT_ALLOWED, str(FrameNotAllowed(self.state, kind)))
+        try:
+            new_state = next_state(self.state, kind)
+        except FrameNotAllowed as error:
+            raise Closing(f.ErrorCode.NOT_ALLOWED, str(error)) from None
         if kind is f.FrameType.SEND:
             if self._send_now(frame):  # type: ignore[arg-type]
                 self.state = new_state
@@ -507,10 +508,14 @@ class Connection(Stream):
         if not self._limiter.take(len(frame.envelopes), self.last_frame):
             self._refuse_rate(frame)
             return True
-        self._to_store.append(relay.screen_cached(frame.envelopes))
+        self._queue(relay.screen_cached(frame.envelopes))
+        return True
+
+    def _queue(self, screened: Screened) -> None:
+        """Hands screened envelopes to the store loop (started if it is not running)."""
+        self._to_store.append(screened)
         if self._store_task is None or self._store_task.done():
             self._store_task = self.loop.create_task(self._store_loop())
-        return True
 
     def _refuse_rate(self, frame: f.Send) -> None:
         self._results.extend((e.envelope_id, f.SendStatus.RATE_LIMITED) for e in frame.envelopes)
@@ -527,14 +532,8 @@ class Connection(Stream):
         if len(self._to_store) >= self.settings.max_in_flight:
             self._room = self.loop.create_future()
             await self._room
-        relay = self.relay
-        if relay.all_cached(frame.envelopes):
-            self._to_store.append(relay.screen_cached(frame.envelopes))
-        else:
-            screened = await relay.screen(frame.envelopes)
-            self._to_store.append(screened)  # bound after the await: the store loop may swap the list
-        if self._store_task is None or self._store_task.done():
-            self._store_task = self.loop.create_task(self._store_loop())
+        # Appended after the await (the store loop may swap the list meanwhile).
+        self._queue(await self.relay.screen(frame.envelopes))
 
     async def _store_loop(self) -> None:
         """Stores screened frames in arrival order, batching what queued up during each commit."""
