@@ -2,10 +2,10 @@
 the framing (section 5), bytes in, messages out.
 
 The relay's stream (server/stream.py) uses this instead of aiohttp's WebSocket object (aiohttp still
-parses the HTTP request and writes the 101 answer), because a
-queue, a future and a task switch per message were a measurable share of a busy relay's CPU and
-about 2 KiB of every idle connection (docs/OPERATING.md, "What bounds the relay"). No extension is
-negotiated (the handshake offers none), so every RSV bit must be clear.
+parses the HTTP request and writes the 101 answer), because a queue, a future and a task switch per
+message were a measurable share of a busy relay's CPU and about 2 KiB of every idle connection
+(docs/OPERATING.md, "Benchmarks"). No extension is negotiated (the handshake offers none), so every
+RSV bit must be clear.
 
 Client frames must be masked (section 5.3); server frames are not. A message larger than
 ``max_message`` is refused from its header, before its payload is read (close code 1009).

@@ -4,7 +4,7 @@ aiohttp answers the upgrade request of ``GET /v1/stream`` (RFC 6455 section 4: t
 the 101 response); then the stream takes the transport over (``transport.set_protocol``) and reads
 and writes frames with kluis.relay.websocket. Per message that saves aiohttp's queue, a future and a
 task switch, and per idle connection its reader, queue and pending receive (about 2 KiB): issue 3's
-W1 and W4 (docs/OPERATING.md, "What bounds the relay").
+W1 and W4 (docs/OPERATING.md, "Benchmarks").
 
 What the stream does for its subclass (server/ws.py's Connection):
 
