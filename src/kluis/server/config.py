@@ -120,6 +120,12 @@ class ServerConfig(BaseSettings):
     """SQLite's page cache in MiB (taken only as pages are touched). Too small, and a relay with many
     connected mailboxes reads its account and mailbox pages back from the OS for every envelope."""
 
+    receipt_wait_s: float = Field(default=0.05, ge=0, le=10)
+    """SQLite: how long an envelope pushed to its connected recipient before it is written waits for
+    that recipient's receipt. Receipted in time, it is never written to disk (and its sender is
+    acknowledged without a commit); otherwise it is written then. Its sender's acknowledgement waits
+    that long at most."""
+
     retention_days: int = Field(default=7, ge=1, le=365)
     """Days an undelivered envelope waits in a mailbox before it expires and is deleted."""
 

@@ -173,6 +173,9 @@ class _Remote:
     def offer(self, items: list[MailboxItem]) -> None:
         self._fanout._queue("N", self._fanout.tag(self._account))
 
+    def offer_early(self, items: list[MailboxItem]) -> bool:
+        return False  # another node's connection fetches from the shared database once written
+
     def notice(self) -> None:
         self._fanout._queue("N", self._fanout.tag(self._account))
 

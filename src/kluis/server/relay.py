@@ -8,6 +8,7 @@ delivery tokens, and stores ciphertext it cannot open.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import os
@@ -42,6 +43,7 @@ from kluis.server.storage.base import (
     AccountId,
     AlreadyExists,
     MailboxItem,
+    StagedAppend,
     Storage,
     StorageError,
     StoredEnvelope,
@@ -61,6 +63,11 @@ class MailboxSink(Protocol):
 
     def offer(self, items: list[MailboxItem]) -> None:
         """New envelopes were stored for this account (in seq order)."""
+
+    def offer_early(self, items: list[MailboxItem]) -> bool:
+        """New envelopes, numbered but not yet written: deliver them now if nothing can come between
+        them and what this mailbox has already been sent (it is caught up and their seqs follow its
+        last one), and return True; else return False (they are offered again once written)."""
 
     def key_stock(self, one_time_left: int, kem_left: int) -> None:
         """The directory's stock of this account's one-time prekeys is low."""
@@ -408,35 +415,104 @@ class Relay:
             return envelopes[0].recipient in cache
         return all(e.recipient in cache for e in envelopes)
 
+    def store_soon(self, screened: Screened, done: Callable[[SendResults], None]) -> bool:
+        """Stores the screened envelopes and calls ``done`` with their statuses once each is durable;
+        False (nothing done) if the storage numbers envelopes only when it writes them: then use
+        :meth:`store`.
+
+        The envelopes are numbered at once (MailboxStore.stage), so those for a connected mailbox
+        that is caught up are pushed now and held for the recipient's receipt; one receipted in time
+        is never written. The rest are pushed once written. ``done`` may be called before this
+        returns, or later from inside another connection's receipt: it must only take note.
+        """
+        envelopes = [s for _, s in screened.accepted]
+        if not envelopes:
+            done(screened.results)
+            return True
+        try:
+            staged = self.storage.mailbox.stage(envelopes)
+        except StorageError:
+            self._unavailable(screened)
+            done(screened.results)
+            return True
+        if staged is None:
+            return False
+        job = _StoreJob(self, screened, envelopes, staged.items, done)
+        job.early = self._push_early(envelopes, staged)
+        try:
+            staged.submit(job.written)
+        except StorageError:
+            job.written(None)
+        return True
+
     async def store(self, screened: Screened) -> SendResults:
-        """Commits the screened envelopes (group commit), then pushes them to connected recipients."""
+        """Stores the screened envelopes (group commit), then pushes them to connected recipients."""
         results, accepted = screened.results, screened.accepted
         if not accepted:
             return results
+        future: asyncio.Future[SendResults] = asyncio.get_running_loop().create_future()
+        if self.store_soon(screened, future.set_result):
+            return await future
         metrics = self.metrics
+        envelopes = [s for _, s in accepted]
         started = time.perf_counter()
         try:
-            stored = await self.storage.mailbox.append([s for _, s in accepted])
+            stored = await self.storage.mailbox.append(envelopes)
         except StorageError:
-            for index, _ in accepted:
-                results[index] = (results[index][0], f.SendStatus.UNAVAILABLE)
-            metrics.send_rejected("unavailable", len(accepted))
+            self._unavailable(screened)
             return results
         metrics.commit(time.perf_counter() - started, len(accepted))
+        items = [
+            MailboxItem(seq, e.envelope_id, e.ciphertext)
+            for e, (seq, _) in zip(envelopes, stored, strict=True)
+        ]
+        self._offer_written(envelopes, items, stored, b"")
+        return results
+
+    def _unavailable(self, screened: Screened) -> None:
+        results = screened.results
+        for index, _ in screened.accepted:
+            results[index] = (results[index][0], f.SendStatus.UNAVAILABLE)
+        self.metrics.send_rejected("unavailable", len(screened.accepted))
+
+    def _offer_written(
+        self,
+        envelopes: list[StoredEnvelope],
+        items: list[MailboxItem],
+        stored: list[tuple[int, bool]],
+        pushed: bytes,
+    ) -> None:
+        """Counts the envelopes stored, and offers those not ``pushed`` early to their recipients."""
+        metrics = self.metrics
         fresh: list[tuple[AccountId, MailboxItem]] = []
-        for (_, envelope), (seq, new) in zip(accepted, stored, strict=True):
+        for index, (envelope, item, (seq, new)) in enumerate(zip(envelopes, items, stored, strict=True)):
             if not new:
                 metrics.envelopes("duplicate")
                 continue
             metrics.envelope_accepted(len(envelope.ciphertext))
-            fresh.append((envelope.recipient, MailboxItem(seq, envelope.envelope_id, envelope.ciphertext)))
+            if not (pushed and pushed[index]):
+                fresh.append((envelope.recipient, item if item.seq == seq else item._replace(seq=seq)))
         # One offer per run of envelopes to the same recipient (a frame, or a sender's frames merged
         # into one commit, usually goes to one recipient): the sink's checks run once per run.
         for recipient, run in groupby(fresh, key=itemgetter(0)):
             sink = self.fanout.get(recipient)
             if sink is not None:
                 sink.offer([item for _, item in run])
-        return results
+
+    def _push_early(self, envelopes: list[StoredEnvelope], staged: StagedAppend) -> list[tuple[int, int]]:
+        """Pushes runs of staged envelopes to their connected, caught-up recipients and holds them
+        for the receipts; returns (start, end) of each run pushed."""
+        pushed = []
+        start = 0
+        fanout = self.fanout
+        for recipient, run in groupby(envelopes, key=itemgetter(0)):
+            end = start + sum(1 for _ in run)
+            sink = fanout.get(recipient)
+            if sink is not None and sink.offer_early(staged.items[start:end]):
+                staged.hold(start, end)
+                pushed.append((start, end))
+            start = end
+        return pushed
 
     async def fetch(self, account_id: AccountId, after_seq: int, limit: int) -> list[MailboxItem]:
         return await self.storage.mailbox.fetch(account_id, after_seq, limit)
@@ -463,6 +539,48 @@ class Relay:
         expired = await self.storage.mailbox.expire(self.today())
         self.metrics.envelopes("expired", expired)
         return expired
+
+
+class _StoreJob:
+    """One :meth:`Relay.store_soon`: what is needed once its envelopes are durable."""
+
+    __slots__ = ("done", "early", "envelopes", "items", "relay", "screened", "started")
+
+    def __init__(
+        self,
+        relay: Relay,
+        screened: Screened,
+        envelopes: list[StoredEnvelope],
+        items: list[MailboxItem],
+        done: Callable[[SendResults], None],
+    ) -> None:
+        self.relay = relay
+        self.screened = screened
+        self.envelopes = envelopes
+        self.items = items
+        self.done = done
+        self.early: list[tuple[int, int]] = []
+        self.started = time.perf_counter()
+
+    def written(self, stored: list[tuple[int, bool]] | None) -> None:
+        relay = self.relay
+        if stored is None:
+            relay._unavailable(self.screened)
+        else:
+            pushed = b""
+            if self.early:
+                mask = bytearray(len(self.items))
+                for start, end in self.early:
+                    mask[start:end] = b"\x01" * (end - start)
+                pushed = bytes(mask)
+            else:  # a commit, not a wait for receipts: worth its histogram
+                relay.metrics.commit(time.perf_counter() - self.started, len(self.items))
+            # Those pushed early are not offered again. (Should the mailbox have reconnected
+            # meanwhile, its new connection's drain found them: a fetch writes its mailbox's held
+            # envelopes first.)
+            relay._offer_written(self.envelopes, self.items, stored, pushed)
+        relay.metrics.send_acknowledged(time.perf_counter() - self.started)
+        self.done(self.screened.results)
 
 
 def _encode(key: SignedPublicKey) -> bytes:

@@ -113,6 +113,7 @@ async def serve(
             config.database or database_path(config.data_dir),
             fsync=config.fsync,
             sqlite_cache_mib=config.sqlite_cache_mib,
+            receipt_wait_s=config.receipt_wait_s,
         )
     except BaseException:
         if fanout is not None:

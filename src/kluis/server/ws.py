@@ -154,6 +154,8 @@ class Connection(Stream):
         "_sent_seq",
         "_shared",
         "_store_task",
+        "_stored_all",
+        "_storing",
         "_tasks",
         "_to_store",
         "_typical_size",
@@ -210,6 +212,10 @@ class Connection(Stream):
         # Futures are made only when someone waits (an idle connection should cost little memory:
         # issue 3's W4 holds 10,000 of them).
         self._to_store: list[Screened] = []
+        """Frames waiting for the store loop (storage that numbers envelopes only as it writes them)."""
+        self._storing = 0
+        """Frames handed to Relay.store_soon and not yet answered."""
+        self._stored_all: asyncio.Future[None] | None = None
         self._room: asyncio.Future[None] | None = None
         self._store_task: asyncio.Future[None] | None = None
         self._receipts: list[int] = []
@@ -283,9 +289,20 @@ class Connection(Stream):
 
     async def _finish(self) -> None:
         """Acknowledges what is being committed (up to 2 s), then ERROR and the close."""
-        if self._store_task is not None and not self._store_task.done():
-            await asyncio.wait([self._store_task], timeout=2)
+        await self._acknowledged(2)
         self._send_error_and_close()
+
+    async def _acknowledged(self, timeout: float) -> None:
+        """Waits (up to ``timeout``) until every envelope received so far has its status."""
+        waits: list[asyncio.Future[None]] = []
+        if self._store_task is not None and not self._store_task.done():
+            waits.append(self._store_task)
+        if self._storing:
+            if self._stored_all is None:
+                self._stored_all = self.loop.create_future()
+            waits.append(self._stored_all)
+        if waits:
+            await asyncio.wait(waits, timeout=timeout)
 
     def _send_error_and_close(self) -> None:
         if self._error_sent:
@@ -373,6 +390,24 @@ class Connection(Stream):
             if item.seq > self._sent_seq:
                 self._deliver(item)
         self._schedule()
+
+    def offer_early(self, items: list[MailboxItem]) -> bool:
+        # Only a caught-up mailbox whose last delivery is the seq just before these: then nothing
+        # stored or still being stored lies between (seqs are numbered without gaps per recipient),
+        # and order holds. Otherwise they come through offer() once written.
+        if (
+            self._shared is not None
+            or not self._drained
+            or items[0].seq != self._sent_seq + 1
+            or len(self._in_flight) + len(items) > DELIVERY_WINDOW
+        ):
+            return False
+        if self._window_full(sum(len(item.ciphertext) for item in items)):
+            return False
+        for item in items:
+            self._deliver(item)
+        self._schedule()
+        return True
 
     def _offer_shared(self, items: list[MailboxItem]) -> None:
         """Envelopes this node stored go out at once only when nothing can lie between them and the
@@ -503,7 +538,7 @@ class Connection(Stream):
         """Queues a SEND frame's envelopes for storage if that needs no waiting; False if it does
         (then :meth:`_on_send` handles the frame)."""
         relay = self.relay
-        if len(self._to_store) >= self.settings.max_in_flight or not relay.all_cached(frame.envelopes):
+        if self._queued() >= self.settings.max_in_flight or not relay.all_cached(frame.envelopes):
             return False
         if not self._limiter.take(len(frame.envelopes), self.last_frame):
             self._refuse_rate(frame)
@@ -511,11 +546,34 @@ class Connection(Stream):
         self._queue(relay.screen_cached(frame.envelopes))
         return True
 
+    def _queued(self) -> int:
+        """Frames received and not yet answered."""
+        return len(self._to_store) + self._storing
+
     def _queue(self, screened: Screened) -> None:
-        """Hands screened envelopes to the store loop (started if it is not running)."""
+        """Stores screened envelopes: at once where the storage numbers them before writing
+        (SQLite), else through the store loop (started if it is not running)."""
+        self._storing += 1  # first: _stored may be called before store_soon returns
+        if self.relay.store_soon(screened, self._stored):
+            return
+        self._storing -= 1
         self._to_store.append(screened)
         if self._store_task is None or self._store_task.done():
             self._store_task = self.loop.create_task(self._store_loop())
+
+    def _stored(self, results: list[tuple[bytes, f.SendStatus]]) -> None:
+        """A frame's envelopes are durable (Relay.store_soon): their statuses go out with the next
+        flush. Frames are answered as they become durable, not in the order they came (clients match
+        statuses by envelope id): one held for its recipient's receipt holds up no other."""
+        self._storing -= 1
+        self._results += results
+        self._schedule()
+        if self._room is not None and self._queued() < self.settings.max_in_flight and not self._room.done():
+            self._room.set_result(None)
+        if not self._storing and self._stored_all is not None:
+            if not self._stored_all.done():
+                self._stored_all.set_result(None)
+            self._stored_all = None
 
     def _refuse_rate(self, frame: f.Send) -> None:
         self._results.extend((e.envelope_id, f.SendStatus.RATE_LIMITED) for e in frame.envelopes)
@@ -529,7 +587,7 @@ class Connection(Stream):
         # Pipelined: the next frame is read while earlier ones are being committed; frames that
         # arrive meanwhile are stored together in one append. At most max_in_flight frames wait to
         # be stored (then this connection stops reading and TCP pushes back on the client).
-        if len(self._to_store) >= self.settings.max_in_flight:
+        while self._queued() >= self.settings.max_in_flight:
             self._room = self.loop.create_future()
             await self._room
         # Appended after the await (the store loop may swap the list meanwhile).
@@ -553,6 +611,10 @@ class Connection(Stream):
             self._schedule()
 
     def _on_receipt(self, frame: f.Receipt) -> None:
+        # The window first: the delete below may complete sends whose other envelopes are then
+        # offered to this very mailbox (Relay.store_soon).
+        for seq in frame.seqs:
+            self._in_flight_bytes -= self._in_flight.pop(seq, 0)
         # The delete is not awaited here: nothing is acknowledged to the client, and an envelope
         # whose delete is lost (crash) is delivered again and de-duplicated by the client.
         shared = self._shared
@@ -569,8 +631,6 @@ class Connection(Stream):
             if self._receipt_task is None or self._receipt_task.done():
                 self._receipt_task = self.loop.create_task(self._receipt_loop())
         self.relay.metrics.envelopes("acknowledged", len(frame.seqs))
-        for seq in frame.seqs:
-            self._in_flight_bytes -= self._in_flight.pop(seq, 0)
         if not self._drained:  # a backlog waits in storage for room in the window
             self._request_fetch()
 
@@ -636,8 +696,7 @@ class Connection(Stream):
         busy = self.busy()
         if busy is not None:
             await asyncio.wait([busy], timeout=grace)
-        if self._store_task is not None:  # envelopes being committed are acknowledged before the close
-            await asyncio.wait([self._store_task], timeout=grace)
+        await self._acknowledged(grace)  # envelopes being stored are acknowledged before the close
         if self._closing is None:
             self._closing = Closing(f.ErrorCode.SHUTTING_DOWN, "server shutting down")
         self.stop()

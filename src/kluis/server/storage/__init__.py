@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from kluis.server.storage._sqlite_db import DEFAULT_CACHE_MIB
+from kluis.server.storage._sqlite_mailbox import RECEIPT_WAIT_S
 from kluis.server.storage.base import (
     ACCOUNT_ID_LEN,
     ENVELOPE_ID_LEN,
@@ -70,7 +71,11 @@ def is_postgres_url(target: str) -> bool:
 
 
 async def open_storage(
-    url_or_path: str | Path, *, fsync: bool, sqlite_cache_mib: int = DEFAULT_CACHE_MIB
+    url_or_path: str | Path,
+    *,
+    fsync: bool,
+    sqlite_cache_mib: int = DEFAULT_CACHE_MIB,
+    receipt_wait_s: float = RECEIPT_WAIT_S,
 ) -> Storage:
     """Opens a backend: ``memory:``, ``sqlite:///abs/path.db``, a plain file path or a
     ``postgresql://`` URL (libpq's syntax: ``postgresql://user:password@host:port/dbname?sslmode=...``).
@@ -82,6 +87,8 @@ async def open_storage(
             always acknowledges after the commit is flushed (``synchronous_commit = on``); power-loss
             safety is the server's own ``fsync`` setting.
         sqlite_cache_mib: SQLite only: its page cache.
+        receipt_wait_s: SQLite only: how long an envelope pushed to its connected recipient waits for
+            the receipt before it is written (receipted in time, it never is).
 
     Raises:
         SchemaTooNew: the database was written by a newer, incompatible release.
@@ -105,4 +112,6 @@ async def open_storage(
         )
     from kluis.server.storage.sqlite import SqliteStorage
 
-    return SqliteStorage.open(Path(target), fsync=fsync, cache_mib=sqlite_cache_mib)
+    return SqliteStorage.open(
+        Path(target), fsync=fsync, cache_mib=sqlite_cache_mib, receipt_wait=receipt_wait_s
+    )

@@ -22,6 +22,7 @@ Days are ``int`` days since the Unix epoch, UTC (:func:`epoch_day`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple, NewType, Protocol
 
@@ -180,7 +181,32 @@ class DirectoryStore(Protocol):
         """(one-time X25519 prekeys left, one-time KEM prekeys left)."""
 
 
+class StagedAppend(Protocol):
+    """Envelopes numbered before they are written (:meth:`MailboxStore.stage`)."""
+
+    items: list[MailboxItem]
+    """The envelopes with their seqs, in the order they were staged."""
+
+    def hold(self, start: int, end: int) -> None:
+        """Envelopes ``start:end`` were pushed to their connected recipient: let them wait a little
+        for its receipt before they are written (receipted, they never are)."""
+
+    def submit(self, done: Callable[[list[tuple[int, bool]] | None], None]) -> None:
+        """Queues them all. ``done`` gets what :meth:`MailboxStore.append` returns once each
+        envelope is durable (written, or receipted by its recipient, whose receipt says its store
+        committed it: such an envelope is reported newly stored and never written), or None if they
+        could not be written. It is called from inside the storage's work (a commit, a receipt's
+        :meth:`MailboxStore.discard`): it must only take note and schedule. Raises StorageError
+        (nothing queued) if the storage is closed."""
+
+
 class MailboxStore(Protocol):
+    def stage(self, envelopes: list[StoredEnvelope]) -> StagedAppend | None:
+        """Numbers non-empty ``envelopes`` now, so the relay can push them to connected recipients
+        before they are written; None if the backend numbers them only when it writes them
+        (PostgreSQL: several nodes share the counters), then use :meth:`append`. Raises
+        UnknownAccount (numbering none) if a recipient does not exist."""
+
     async def append(self, envelopes: list[StoredEnvelope]) -> list[tuple[int, bool]]:
         """Stores envelopes; returns (seq, newly_stored) for each, once the rows are durable.
 

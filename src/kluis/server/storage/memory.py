@@ -144,6 +144,10 @@ class MemoryMailboxStore:
     def __init__(self, data: _Data) -> None:
         self._d = data
 
+    def stage(self, envelopes: list[StoredEnvelope]) -> None:
+        """Appends are immediate here: nothing waits to be written."""
+        return None
+
     async def append(self, envelopes: list[StoredEnvelope]) -> list[tuple[int, bool]]:
         if any(e.recipient not in self._d.accounts for e in envelopes):
             raise UnknownAccount("append")

@@ -449,6 +449,10 @@ class PostgresMailboxStore:
             self._batch = _Batch()
         return self._batch
 
+    def stage(self, envelopes: list[StoredEnvelope]) -> None:
+        """Numbers come from the commit (several nodes share the counters)."""
+        return None
+
     async def append(self, envelopes: list[StoredEnvelope]) -> list[tuple[int, bool]]:
         if not envelopes:
             return []

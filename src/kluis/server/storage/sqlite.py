@@ -14,14 +14,12 @@ import sqlite3
 from pathlib import Path
 
 from kluis.server.storage._sqlite_db import DEFAULT_CACHE_MIB, Checkpointer, SqliteDatabase
+from kluis.server.storage._sqlite_mailbox import RECEIPT_WAIT_S, SqliteMailboxStore
 from kluis.server.storage.base import (
     Account,
     AccountId,
     AlreadyExists,
     DirectoryEntry,
-    MailboxItem,
-    StorageError,
-    StoredEnvelope,
     UnknownAccount,
 )
 
@@ -30,9 +28,6 @@ _SLOT_LAST_RESORT_KEM = 2
 _KIND_X25519 = 1
 _KIND_KEM = 2
 log = logging.getLogger(__name__)
-
-EXPIRE_CHUNK = 1_000
-"""expire() deletes this many rows per transaction and yields to the loop in between."""
 
 
 def _require_account(conn: sqlite3.Connection, account_id: AccountId, op: str) -> None:
@@ -255,238 +250,31 @@ def _counts(c: sqlite3.Connection, account_id: AccountId) -> tuple[int, int]:
     return int(by_kind.get(_KIND_X25519, 0)), int(by_kind.get(_KIND_KEM, 0))
 
 
-class _AppendBatch:
-    """All appends of one loop pass: one ``executemany`` inside the group commit."""
-
-    name = "mailbox_append"
-    _INSERT = (
-        "INSERT INTO mailbox (recipient, seq, envelope_id, ciphertext, expiry_day) VALUES (?, ?, ?, ?, ?)"
-        " ON CONFLICT (recipient, envelope_id) DO NOTHING"
-    )
-
-    def __init__(self, store: SqliteMailboxStore) -> None:
-        self._store = store
-        self.rows: list[tuple[AccountId, int, bytes, bytes, int]] = []
-        self.waiters: list[tuple[int, int, asyncio.Future[list[tuple[int, bool]]]]] = []
-        self._results: list[tuple[int, bool]] = []
-
-    def run(self, conn: sqlite3.Connection) -> None:
-        cur = conn.executemany(self._INSERT, self.rows)
-        if cur.rowcount == len(self.rows):  # the common case: nothing was a resend
-            self._results = [(row[1], True) for row in self.rows]
-            return
-        # Some rows hit UNIQUE (recipient, envelope_id): a resend (maybe within this very batch). Its
-        # freshly assigned seq was not used; report the seq that is stored (a gap in seqs is fine).
-        self._results = []
-        for recipient, seq, envelope_id, _, _ in self.rows:
-            stored = conn.execute(
-                "SELECT seq FROM mailbox WHERE recipient = ? AND envelope_id = ?", (recipient, envelope_id)
-            ).fetchone()
-            self._results.append((int(stored[0]), int(stored[0]) == seq))
-
-    def done(self, error: BaseException | None) -> None:
-        if self._store._batch is self:
-            self._store._batch = None
-        for start, end, future in self.waiters:
-            if future.done():  # the caller was cancelled; its rows are stored all the same
-                continue
-            if error is None:
-                future.set_result(self._results[start:end])
-            else:
-                future.set_exception(error)
-
-
-_DELETE_BY_SEQ = "DELETE FROM mailbox WHERE recipient = ? AND seq = ?"
-
-
-class _DeleteWork:
-    name = "mailbox_delete"
-
-    def __init__(
-        self,
-        recipient: AccountId,
-        seqs: list[int],
-        envelope_ids: list[bytes] | None,
-        future: asyncio.Future[int],
-    ) -> None:
-        self._rows: list[tuple[AccountId, int]] | list[tuple[AccountId, int, bytes]]
-        if envelope_ids is None:
-            self._rows = [(recipient, seq) for seq in seqs]
-        else:
-            self._rows = [(recipient, seq, eid) for seq, eid in zip(seqs, envelope_ids, strict=True)]
-        self._future = future
-        self._deleted = 0
-
-    def run(self, conn: sqlite3.Connection) -> None:
-        sql = _DELETE_BY_SEQ
-        if self._rows and len(self._rows[0]) == 3:
-            sql += " AND envelope_id = ?"
-        cur = conn.executemany(sql, self._rows)
-        self._deleted = cur.rowcount
-
-    def done(self, error: BaseException | None) -> None:
-        if self._future.done():
-            return
-        if error is None:
-            self._future.set_result(self._deleted)
-        else:
-            self._future.set_exception(error)
-
-
-_DELETE_RUN = "DELETE FROM mailbox WHERE recipient = ? AND seq BETWEEN ? AND ?"
-
-
-class _DiscardBatch:
-    """Every receipt of one loop pass: one ``executemany``, nobody waiting (MailboxStore.discard).
-
-    Receipts name runs of consecutive seqs (a DELIVER frame's envelopes), and every seq inside such a
-    run was receipted, so each run is deleted as one range: one statement and one descent of the
-    B-tree per run instead of per envelope (the deletes were a fifth of a busy relay's CPU).
-    """
-
-    name = "mailbox_discard"
-
-    def __init__(self, store: SqliteMailboxStore) -> None:
-        self._store = store
-        self.runs: list[tuple[AccountId, int, int]] = []
-
-    def add(self, recipient: AccountId, seqs: list[int]) -> None:
-        runs = self.runs
-        ordered = sorted(set(seqs))
-        start = previous = ordered[0]
-        for seq in ordered[1:]:
-            if seq != previous + 1:
-                runs.append((recipient, start, previous))
-                start = seq
-            previous = seq
-        runs.append((recipient, start, previous))
-
-    def run(self, conn: sqlite3.Connection) -> None:
-        conn.executemany(_DELETE_RUN, self.runs)
-
-    def done(self, error: BaseException | None) -> None:
-        if self._store._discards is self:
-            self._store._discards = None
-        if error is not None:
-            log.warning("deleting receipted envelopes failed; they will be delivered again")
-
-
-class SqliteMailboxStore:
-    def __init__(self, db: SqliteDatabase) -> None:
-        self._db = db
-        self._batch: _AppendBatch | None = None
-        self._discards: _DiscardBatch | None = None
-        # Last seq handed out per recipient, loaded lazily from max(seq). In memory only: the database
-        # holds no counter. After a restart with an empty mailbox numbering starts again at 1, so a
-        # client must not carry after_seq across connections.
-        self._last_seq: dict[AccountId, int] = {}
-
-    def _load_counter(self, recipient: AccountId) -> None:
-        if recipient in self._last_seq:
-            return
-        exists, last = self._db.read(
-            "mailbox_counter",
-            lambda c: c.execute(
-                "SELECT EXISTS (SELECT 1 FROM accounts WHERE account_id = ?),"
-                " (SELECT max(seq) FROM mailbox WHERE recipient = ?)",
-                (recipient, recipient),
-            ).fetchone(),
-        )
-        if not exists:
-            raise UnknownAccount("append")
-        self._last_seq[recipient] = int(last or 0)
-
-    async def append(self, envelopes: list[StoredEnvelope]) -> list[tuple[int, bool]]:
-        if not envelopes:
-            return []
-        for recipient in {e.recipient for e in envelopes}:
-            self._load_counter(recipient)  # may raise UnknownAccount before anything is queued
-        batch = self._batch
-        if batch is None:
-            batch = self._batch = _AppendBatch(self)
-            self._db.group_commit(batch)
-        start = len(batch.rows)
-        for e in envelopes:
-            seq = self._last_seq[e.recipient] = self._last_seq[e.recipient] + 1
-            batch.rows.append((e.recipient, seq, e.envelope_id, e.ciphertext, e.expiry_day))
-        future: asyncio.Future[list[tuple[int, bool]]] = self._db.loop().create_future()
-        batch.waiters.append((start, len(batch.rows), future))
-        return await future
-
-    async def fetch(self, recipient: AccountId, after_seq: int, limit: int) -> list[MailboxItem]:
-        rows = self._db.read(
-            "mailbox_fetch",
-            lambda c: c.execute(
-                "SELECT seq, envelope_id, ciphertext FROM mailbox WHERE recipient = ? AND seq > ?"
-                " ORDER BY seq LIMIT ?",
-                (recipient, after_seq, max(limit, 0)),
-            ).fetchall(),
-        )
-        return [MailboxItem(int(seq), bytes(eid), bytes(ct)) for seq, eid, ct in rows]
-
-    async def delete(
-        self, recipient: AccountId, seqs: list[int], envelope_ids: list[bytes] | None = None
-    ) -> int:
-        if not seqs:
-            return 0
-        future: asyncio.Future[int] = self._db.loop().create_future()
-        self._db.group_commit(_DeleteWork(recipient, seqs, envelope_ids, future))
-        return await future
-
-    def discard(self, recipient: AccountId, seqs: list[int]) -> None:
-        if not seqs:
-            return
-        batch = self._discards
-        if batch is None:
-            batch = _DiscardBatch(self)
-            try:
-                self._db.group_commit(batch)
-            except StorageError:  # closed: the envelopes are delivered again after a restart
-                return
-            self._discards = batch
-        batch.add(recipient, seqs)
-
-    async def expire(self, today: int) -> int:
-        self._db.flush(wait=True)
-        total = 0
-        while True:
-            deleted = self._db.run_interaction(
-                "expire_mailbox",
-                lambda c: (
-                    c.execute(
-                        "DELETE FROM mailbox WHERE (recipient, seq) IN"
-                        " (SELECT recipient, seq FROM mailbox WHERE expiry_day < ? LIMIT ?)",
-                        (today, EXPIRE_CHUNK),
-                    ).rowcount
-                ),
-            )
-            total += deleted
-            if deleted < EXPIRE_CHUNK:
-                return total
-            await asyncio.sleep(0)  # let sends through between chunks
-
-    async def count(self, recipient: AccountId) -> int:
-        row = self._db.read(
-            "mailbox_count",
-            lambda c: c.execute("SELECT count(*) FROM mailbox WHERE recipient = ?", (recipient,)).fetchone(),
-        )
-        return int(row[0])
-
-
 class SqliteStorage:
     """The SQLite backend (``open_storage("sqlite:///path/kluis.db", fsync=...)``)."""
 
-    def __init__(self, db: SqliteDatabase, path: Path | None = None) -> None:
+    def __init__(
+        self, db: SqliteDatabase, path: Path | None = None, *, receipt_wait: float = RECEIPT_WAIT_S
+    ) -> None:
         self.db = db
         self._checkpointer = None if path is None else Checkpointer(path)
         self.codes = SqliteCodeStore(db)
         self.accounts = SqliteAccountStore(db)
         self.directory = SqliteDirectoryStore(db)
-        self.mailbox = SqliteMailboxStore(db)
+        self.mailbox = SqliteMailboxStore(db, receipt_wait=receipt_wait)
 
     @classmethod
-    def open(cls, path: Path, *, fsync: bool, cache_mib: int = DEFAULT_CACHE_MIB) -> SqliteStorage:
-        return cls(SqliteDatabase.open(path, fsync=fsync, cache_mib=cache_mib), path)
+    def open(
+        cls,
+        path: Path,
+        *,
+        fsync: bool,
+        cache_mib: int = DEFAULT_CACHE_MIB,
+        receipt_wait: float = RECEIPT_WAIT_S,
+    ) -> SqliteStorage:
+        return cls(
+            SqliteDatabase.open(path, fsync=fsync, cache_mib=cache_mib), path, receipt_wait=receipt_wait
+        )
 
     async def checkpoint(self, *, truncate: bool = True) -> None:
         """A PASSIVE WAL checkpoint; the server calls it from a timer (every few seconds).
@@ -505,6 +293,7 @@ class SqliteStorage:
         await asyncio.to_thread(self._checkpointer.run, truncate)
 
     async def close(self) -> None:
+        self.mailbox.release_held()  # written by the closing flush: their senders get their OK
         if self._checkpointer is not None:
             self._checkpointer.close()
         self.db.close()
