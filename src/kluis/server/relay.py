@@ -14,7 +14,7 @@ import hmac
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import groupby
 from operator import itemgetter
@@ -437,12 +437,12 @@ class Relay:
             return True
         if staged is None:
             return False
-        job = _StoreJob(self, screened, envelopes, staged.items, done)
+        job = _StoreJob(self, screened, envelopes, staged, done)
         job.early = self._push_early(envelopes, staged)
         try:
             staged.submit(job.written)
         except StorageError:
-            job.written(None)
+            job.written(False)
         return True
 
     async def store(self, screened: Screened) -> SendResults:
@@ -466,7 +466,8 @@ class Relay:
             MailboxItem(seq, e.envelope_id, e.ciphertext)
             for e, (seq, _) in zip(envelopes, stored, strict=True)
         ]
-        self._offer_written(envelopes, items, stored, b"")
+        duplicates = {i: seq for i, (seq, new) in enumerate(stored) if not new}
+        self._offer_written(envelopes, items, duplicates, ())
         return results
 
     def _unavailable(self, screened: Screened) -> None:
@@ -479,19 +480,27 @@ class Relay:
         self,
         envelopes: list[StoredEnvelope],
         items: list[MailboxItem],
-        stored: list[tuple[int, bool]],
-        pushed: bytes,
+        duplicates: dict[int, int],
+        early: Sequence[tuple[int, int]],
     ) -> None:
-        """Counts the envelopes stored, and offers those not ``pushed`` early to their recipients."""
+        """Counts the envelopes stored, and offers to their recipients those not pushed ``early``
+        (ranges of indexes) and not ``duplicates`` (resends of stored envelopes)."""
         metrics = self.metrics
-        fresh: list[tuple[AccountId, MailboxItem]] = []
-        for index, (envelope, item, (seq, new)) in enumerate(zip(envelopes, items, stored, strict=True)):
-            if not new:
-                metrics.envelopes("duplicate")
-                continue
-            metrics.envelope_accepted(len(envelope.ciphertext))
-            if not (pushed and pushed[index]):
-                fresh.append((envelope.recipient, item if item.seq == seq else item._replace(seq=seq)))
+        if duplicates:
+            metrics.envelopes("duplicate", len(duplicates))
+        for index, envelope in enumerate(envelopes):
+            if index not in duplicates:
+                metrics.envelope_accepted(len(envelope.ciphertext))
+        if len(early) == 1 and early[0] == (0, len(items)):  # all pushed already: the usual case
+            return
+        pushed: set[int] = set()
+        for start, end in early:
+            pushed.update(range(start, end))
+        fresh = [
+            (e.recipient, item)
+            for index, (e, item) in enumerate(zip(envelopes, items, strict=True))
+            if index not in pushed and index not in duplicates
+        ]
         # One offer per run of envelopes to the same recipient (a frame, or a sender's frames merged
         # into one commit, usually goes to one recipient): the sink's checks run once per run.
         for recipient, run in groupby(fresh, key=itemgetter(0)):
@@ -502,9 +511,16 @@ class Relay:
     def _push_early(self, envelopes: list[StoredEnvelope], staged: StagedAppend) -> list[tuple[int, int]]:
         """Pushes runs of staged envelopes to their connected, caught-up recipients and holds them
         for the receipts; returns (start, end) of each run pushed."""
+        fanout = self.fanout
+        first = envelopes[0].recipient
+        if len(envelopes) == 1 or all(e.recipient == first for e in envelopes):  # one run: most frames
+            sink = fanout.get(first)
+            if sink is not None and sink.offer_early(staged.items):
+                staged.hold(0, len(envelopes))
+                return [(0, len(envelopes))]
+            return []
         pushed = []
         start = 0
-        fanout = self.fanout
         for recipient, run in groupby(envelopes, key=itemgetter(0)):
             end = start + sum(1 for _ in run)
             sink = fanout.get(recipient)
@@ -544,41 +560,36 @@ class Relay:
 class _StoreJob:
     """One :meth:`Relay.store_soon`: what is needed once its envelopes are durable."""
 
-    __slots__ = ("done", "early", "envelopes", "items", "relay", "screened", "started")
+    __slots__ = ("done", "early", "envelopes", "items", "relay", "screened", "staged", "started")
 
     def __init__(
         self,
         relay: Relay,
         screened: Screened,
         envelopes: list[StoredEnvelope],
-        items: list[MailboxItem],
+        staged: StagedAppend,
         done: Callable[[SendResults], None],
     ) -> None:
         self.relay = relay
         self.screened = screened
         self.envelopes = envelopes
-        self.items = items
+        self.staged = staged
+        self.items = staged.items
         self.done = done
         self.early: list[tuple[int, int]] = []
         self.started = time.perf_counter()
 
-    def written(self, stored: list[tuple[int, bool]] | None) -> None:
+    def written(self, ok: bool) -> None:
         relay = self.relay
-        if stored is None:
+        if not ok:
             relay._unavailable(self.screened)
         else:
-            pushed = b""
-            if self.early:
-                mask = bytearray(len(self.items))
-                for start, end in self.early:
-                    mask[start:end] = b"\x01" * (end - start)
-                pushed = bytes(mask)
-            else:  # a commit, not a wait for receipts: worth its histogram
+            if not self.early:  # a commit, not a wait for receipts: worth its histogram
                 relay.metrics.commit(time.perf_counter() - self.started, len(self.items))
             # Those pushed early are not offered again. (Should the mailbox have reconnected
             # meanwhile, its new connection's drain found them: a fetch writes its mailbox's held
             # envelopes first.)
-            relay._offer_written(self.envelopes, self.items, stored, pushed)
+            relay._offer_written(self.envelopes, self.items, self.staged.duplicates, self.early)
         relay.metrics.send_acknowledged(time.perf_counter() - self.started)
         self.done(self.screened.results)
 

@@ -39,84 +39,80 @@ _DELETE_BY_SEQ = "DELETE FROM mailbox WHERE recipient = ? AND seq = ?"
 _DELETE_RUN = "DELETE FROM mailbox WHERE recipient = ? AND seq BETWEEN ? AND ?"
 
 Result = tuple[int, bool]
-
-
-class _Waiter:
-    """One append's answer: (seq, newly stored) per envelope, handed to ``done`` once each of its
-    rows is written or was receipted before it could be (or None, once, if a write failed)."""
-
-    __slots__ = ("done", "left", "results")
-
-    def __init__(self, n: int) -> None:
-        self.done: Callable[[list[Result] | None], None] | None = None
-        self.left = n
-        self.results: list[Result] = [(0, False)] * n
-
-    def settle(self, index: int, result: Result) -> None:
-        self.results[index] = result
-        self.left -= 1
-        if self.left == 0 and self.done is not None:
-            self.done(self.results)
-
-    def fail(self) -> None:
-        if self.left > 0 and self.done is not None:
-            self.left = -1  # told once; whatever settles later is ignored
-            self.done(None)
-
-
-class _Row:
-    __slots__ = ("ciphertext", "elided", "envelope_id", "expiry_day", "index", "recipient", "seq", "waiter")
-
-    def __init__(self, envelope: StoredEnvelope, seq: int, waiter: _Waiter, index: int) -> None:
-        self.recipient, self.envelope_id, self.ciphertext, self.expiry_day = envelope
-        self.seq = seq
-        self.waiter = waiter
-        self.index = index
-        self.elided = False
-        """Receipted before it was written: it never will be."""
+Row = tuple[AccountId, int, bytes, bytes, int]
+"""(recipient, seq, envelope id, ciphertext, expiry day): the INSERT's parameters."""
 
 
 class Staged:
     """Envelopes numbered by :meth:`SqliteMailboxStore.stage` and not yet queued: mark the ones
-    pushed to their recipient with :meth:`hold`, then :meth:`submit` them all (at once: until then
-    they are in no commit)."""
+    pushed to their recipient with :meth:`hold`, then :meth:`submit` them all (until then they are
+    in no commit)."""
 
-    __slots__ = ("_held", "_rows", "_store", "items")
+    __slots__ = ("_done", "_held", "_left", "_store", "duplicates", "elided", "items", "rows")
 
-    def __init__(self, store: SqliteMailboxStore, rows: list[_Row]) -> None:
+    def __init__(self, store: SqliteMailboxStore, rows: list[Row], items: list[MailboxItem]) -> None:
         self._store = store
-        self._rows = rows
-        self._held: list[tuple[int, int]] = []
-        self.items = [MailboxItem(r.seq, r.envelope_id, r.ciphertext) for r in rows]
+        self.rows = rows
+        self.items = items
         """The envelopes as their recipients see them, in the order given to stage()."""
+        self.duplicates: dict[int, int] = {}
+        """index -> the seq under which an earlier copy is stored (a resend), once written."""
+        self.elided: set[int] | None = None
+        """Indexes receipted before they were written: they never will be."""
+        self._held: list[tuple[int, int]] = []
+        self._left = len(rows)
+        self._done: Callable[[bool], None] | None = None
 
     def hold(self, start: int, end: int) -> None:
         """Envelopes ``start:end``, all to one recipient, were pushed to it: they wait for its
         receipt (up to ``receipt_wait``) before being written."""
         self._held.append((start, end))
 
-    def submit(self, done: Callable[[list[Result] | None], None]) -> None:
-        """Queues the envelopes. ``done`` is called with (seq, newly stored) for each once every one
-        is durable (committed, or receipted by its recipient: then it is never written, and is
-        reported new), or with None if they could not be written. It is called from inside the
-        storage's own work (a commit, or a receipt's :meth:`SqliteMailboxStore.discard`), so it must
-        only take note and schedule.
+    def submit(self, done: Callable[[bool], None]) -> None:
+        """Queues the envelopes. ``done(True)`` once every one is durable: committed, or receipted
+        by its recipient (then it is never written); :attr:`duplicates` then names the resends.
+        ``done(False)`` if they could not be written. It is called from inside the storage's own
+        work (a commit, or a receipt's :meth:`SqliteMailboxStore.discard`), so it must only take
+        note and schedule.
 
         Raises:
             StorageError: the storage is closed (nothing was queued).
         """
-        rows, store = self._rows, self._store
-        rows[0].waiter.done = done
-        if not self._held:
-            store._write(rows)
+        self._done = done
+        store, held, n = self._store, self._held, len(self.rows)
+        if not held:
+            store._write(self, 0, n, False)
             return
-        held = [False] * len(rows)
-        for start, end in self._held:
-            held[start:end] = [True] * (end - start)
-        if not all(held):
-            store._write([r for r, h in zip(rows, held, strict=True) if not h])
-        for start, end in self._held:
-            store._hold(rows[start:end])
+        start = 0
+        for first, end in sorted(held):
+            if first > start:
+                store._write(self, start, first, False)
+            start = end
+        if start < n:
+            store._write(self, start, n, False)
+        for first, end in held:
+            store._hold(self, first, end)
+
+    def _settled(self, n: int) -> None:
+        self._left -= n
+        if self._left == 0:
+            self._tell(True)
+
+    def _failed(self) -> None:
+        if self._left > 0:
+            self._left = -1  # told once; whatever settles later is ignored
+            self._tell(False)
+
+    def _tell(self, ok: bool) -> None:
+        # Dropped once called: the callback's owner usually holds this object (a cycle, which only
+        # the cyclic GC would free: with it, a busy relay spent a fifth of its time there).
+        done, self._done = self._done, None
+        if done is not None:
+            done(ok)
+
+
+Part = tuple[Staged, int, int, bool]
+"""Rows start:end of a Staged, and whether they were held (a receipt may still elide them)."""
 
 
 class _AppendBatch:
@@ -126,46 +122,55 @@ class _AppendBatch:
 
     def __init__(self, store: SqliteMailboxStore) -> None:
         self._store = store
-        self.rows: list[_Row] = []
-        self._written: list[tuple[_Row, Result]] = []
+        self.parts: list[Part] = []
+        self._written: list[tuple[Part, int]] = []
 
     def run(self, conn: sqlite3.Connection) -> None:
-        if self._store._batch is self:  # rows staged after this point go to the next commit
-            self._store._batch = None
         unwritten = self._store._unwritten
-        rows = []
-        for r in self.rows:
-            if unwritten:
-                unwritten.pop((r.recipient, r.seq), None)
-            if not r.elided:
-                rows.append(r)
-        cur = conn.executemany(
-            _INSERT, [(r.recipient, r.seq, r.envelope_id, r.ciphertext, r.expiry_day) for r in rows]
-        )
-        if cur.rowcount == len(rows):  # the common case: nothing was a resend
-            self._written = [(r, (r.seq, True)) for r in rows]
+        params: list[Row] = []
+        written: list[tuple[Part, int]] = []
+        for part in self.parts:
+            staged, start, end, held = part
+            rows = staged.rows[start:end]
+            if held:  # from here on a receipt deletes them instead
+                for row in rows:
+                    unwritten.pop((row[0], row[1]), None)
+            elided = staged.elided
+            if elided:
+                rows = [row for i, row in enumerate(rows, start) if i not in elided]
+            params += rows
+            written.append((part, len(rows)))
+        cur = conn.executemany(_INSERT, params)
+        self._written = written
+        if cur.rowcount == len(params):  # the common case: nothing was a resend
             return
         # Some rows hit UNIQUE (recipient, envelope_id): a resend (maybe within this very batch). Its
         # freshly assigned seq was not used; report the seq that is stored (a gap in seqs is fine).
-        self._written = []
-        for r in rows:
-            stored = conn.execute(
-                "SELECT seq FROM mailbox WHERE recipient = ? AND envelope_id = ?",
-                (r.recipient, r.envelope_id),
-            ).fetchone()
-            self._written.append((r, (int(stored[0]), int(stored[0]) == r.seq)))
+        for (staged, start, end, _), _ in written:
+            for i in range(start, end):
+                if staged.elided and i in staged.elided:
+                    continue
+                recipient, seq, envelope_id = staged.rows[i][:3]
+                stored = conn.execute(
+                    "SELECT seq FROM mailbox WHERE recipient = ? AND envelope_id = ?",
+                    (recipient, envelope_id),
+                ).fetchone()
+                if int(stored[0]) != seq:
+                    staged.duplicates[i] = int(stored[0])
 
     def done(self, error: BaseException | None) -> None:
         if self._store._batch is self:
             self._store._batch = None
         if error is not None:
             unwritten = self._store._unwritten
-            for r in self.rows:
-                unwritten.pop((r.recipient, r.seq), None)
-                r.waiter.fail()
+            for staged, start, end, _ in self.parts:
+                for row in staged.rows[start:end]:
+                    unwritten.pop((row[0], row[1]), None)
+                staged._failed()
             return
-        for r, result in self._written:
-            r.waiter.settle(r.index, result)
+        for (staged, _, _, _), n in self._written:
+            if n:
+                staged._settled(n)
 
 
 class _DeleteWork:
@@ -247,12 +252,12 @@ class SqliteMailboxStore:
         # holds no counter. After a restart with an empty mailbox numbering starts again at 1, so a
         # client must not carry after_seq across connections.
         self._last_seq: dict[AccountId, int] = {}
-        self._unwritten: dict[tuple[AccountId, int], _Row] = {}
+        self._unwritten: dict[tuple[AccountId, int], tuple[Staged, int]] = {}
         """Held rows, and released ones whose commit has not run yet: a receipt still elides them."""
-        self._held: collections.deque[tuple[float, AccountId, list[_Row]]] = collections.deque()
+        self._held: collections.deque[tuple[float, Staged, int, int]] = collections.deque()
         """Held rows by deadline (oldest first), in runs of one recipient."""
-        self._holding: dict[AccountId, int] = {}
-        """Runs in _held per recipient."""
+        self._holding: dict[AccountId, float] = {}
+        """The last deadline of each recipient's held rows (entries past it may linger a while)."""
         self._timer: asyncio.TimerHandle | None = None
 
     def _load_counter(self, recipient: AccountId) -> None:
@@ -275,55 +280,56 @@ class SqliteMailboxStore:
 
         Raises:
             UnknownAccount: a recipient does not exist (nothing was numbered).
-            StorageError: the storage is closed.
         """
         if not envelopes:
             raise ValueError("nothing to stage")
         last_seq = self._last_seq
-        for recipient in {e.recipient for e in envelopes}:
-            self._load_counter(recipient)  # may raise UnknownAccount before anything is numbered
-        waiter = _Waiter(len(envelopes))
-        rows = []
-        for index, e in enumerate(envelopes):
-            seq = last_seq[e.recipient] = last_seq[e.recipient] + 1
-            rows.append(_Row(e, seq, waiter, index))
-        return Staged(self, rows)
+        for e in envelopes:
+            if e.recipient not in last_seq:
+                self._load_counter(e.recipient)  # may raise UnknownAccount before anything is numbered
+        rows: list[Row] = []
+        items: list[MailboxItem] = []
+        for recipient, envelope_id, ciphertext, expiry_day in envelopes:
+            seq = last_seq[recipient] = last_seq[recipient] + 1
+            rows.append((recipient, seq, envelope_id, ciphertext, expiry_day))
+            items.append(MailboxItem(seq, envelope_id, ciphertext))
+        return Staged(self, rows, items)
 
     async def append(self, envelopes: list[StoredEnvelope]) -> list[Result]:
         if not envelopes:
             return []
         staged = self.stage(envelopes)
-        future: asyncio.Future[list[Result] | None] = self._db.loop().create_future()
+        future: asyncio.Future[bool] = self._db.loop().create_future()
 
-        def done(results: list[Result] | None) -> None:
+        def done(ok: bool) -> None:
             if not future.done():  # the caller was cancelled; the rows are stored all the same
-                future.set_result(results)
+                future.set_result(ok)
 
         staged.submit(done)
-        results = await future
-        if results is None:
+        if not await future:
             raise StorageError("mailbox_append: the group commit failed")
-        return results
+        duplicates = staged.duplicates
+        return [(duplicates.get(i, item.seq), i not in duplicates) for i, item in enumerate(staged.items)]
 
-    def _write(self, rows: list[_Row]) -> None:
+    def _write(self, staged: Staged, start: int, end: int, held: bool) -> None:
         """Queues rows for this loop pass's group commit."""
         batch = self._batch
         if batch is None:
             batch = _AppendBatch(self)
             self._db.group_commit(batch)  # raises StorageError once closed: nothing was queued
             self._batch = batch
-        batch.rows += rows
+        batch.parts.append((staged, start, end, held))
 
-    def _hold(self, rows: list[_Row]) -> None:
+    def _hold(self, staged: Staged, start: int, end: int) -> None:
         """Holds rows of one recipient."""
         unwritten = self._unwritten
-        for r in rows:
-            unwritten[r.recipient, r.seq] = r
-        recipient = rows[0].recipient
-        self._holding[recipient] = self._holding.get(recipient, 0) + 1
+        rows = staged.rows
+        for i in range(start, end):
+            unwritten[rows[i][0], rows[i][1]] = (staged, i)
         loop = self._db.loop()
         deadline = loop.time() + self.receipt_wait
-        self._held.append((deadline, recipient, rows))
+        self._holding[rows[start][0]] = deadline
+        self._held.append((deadline, staged, start, end))
         if self._timer is None:
             self._timer = loop.call_at(deadline, self._release)
 
@@ -332,46 +338,38 @@ class SqliteMailboxStore:
         self._timer = None
         held = self._held
         now = self._db.loop().time()
-        rows: list[_Row] = []
         while held and held[0][0] <= now:
-            _, recipient, group = held.popleft()
-            self._unhold(recipient)
-            rows += group
-        self._write_held(rows)
+            _, staged, start, end = held.popleft()
+            if staged._left > 0:  # else every row was receipted already (or failed)
+                self._write_held(staged, start, end)
         if held:
             self._timer = self._db.loop().call_at(held[0][0], self._release)
-
-    def _unhold(self, recipient: AccountId) -> None:
-        left = self._holding[recipient] - 1
-        if left:
-            self._holding[recipient] = left
+            if len(self._holding) > 2 * len(held) + 1_000:  # forget recipients no longer held
+                self._holding = {r: d for r, d in self._holding.items() if d > now}
         else:
-            del self._holding[recipient]
+            self._holding.clear()
 
-    def _write_held(self, rows: list[_Row]) -> None:
-        rows = [r for r in rows if not r.elided]
-        if not rows:
+    def _write_held(self, staged: Staged, start: int, end: int) -> None:
+        if staged.elided and all(i in staged.elided for i in range(start, end)):
             return
         try:
-            self._write(rows)
+            self._write(staged, start, end, True)
         except StorageError:  # closed under them: their senders get no OK
-            for r in rows:
-                self._unwritten.pop((r.recipient, r.seq), None)
-                r.waiter.fail()
+            for row in staged.rows[start:end]:
+                self._unwritten.pop((row[0], row[1]), None)
+            staged._failed()
 
     def _release_recipient(self, recipient: AccountId) -> None:
         """Writes a recipient's held rows now: a fetch sees every envelope numbered before it (a
         new connection of the mailbox, draining, must find those pushed to the one it replaced)."""
-        kept: collections.deque[tuple[float, AccountId, list[_Row]]] = collections.deque()
-        rows: list[_Row] = []
+        kept: collections.deque[tuple[float, Staged, int, int]] = collections.deque()
         for group in self._held:
-            if group[1] == recipient:
-                rows += group[2]
+            if group[1].rows[group[2]][0] == recipient:
+                self._write_held(*group[1:])
             else:
                 kept.append(group)
         self._held = kept
         del self._holding[recipient]
-        self._write_held(rows)
         self._db.flush(wait=True)
 
     def release_held(self) -> None:
@@ -379,13 +377,13 @@ class SqliteMailboxStore:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        rows = [r for _, _, group in self._held for r in group]
-        self._held.clear()
+        held, self._held = self._held, collections.deque()
         self._holding.clear()
-        self._write_held(rows)
+        for _, staged, start, end in held:
+            self._write_held(staged, start, end)
 
     async def fetch(self, recipient: AccountId, after_seq: int, limit: int) -> list[MailboxItem]:
-        if recipient in self._holding:
+        if self._holding.get(recipient, 0.0) >= self._db.loop().time():
             self._release_recipient(recipient)
         rows = self._db.read(
             "mailbox_fetch",
@@ -403,12 +401,16 @@ class SqliteMailboxStore:
         unwritten = self._unwritten
         rest = []
         for seq in seqs:
-            row = unwritten.pop((recipient, seq), None)
-            if row is None:
+            entry = unwritten.pop((recipient, seq), None)
+            if entry is None:
                 rest.append(seq)
+                continue
+            staged, index = entry
+            if staged.elided is None:
+                staged.elided = {index}
             else:
-                row.elided = True
-                row.waiter.settle(row.index, (seq, True))
+                staged.elided.add(index)
+            staged._settled(1)
         return rest
 
     async def delete(

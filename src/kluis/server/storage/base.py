@@ -186,18 +186,20 @@ class StagedAppend(Protocol):
 
     items: list[MailboxItem]
     """The envelopes with their seqs, in the order they were staged."""
+    duplicates: dict[int, int]
+    """Once they are durable: index -> the seq an earlier copy is stored under, for each envelope
+    that was a resend of a stored one (not stored again)."""
 
     def hold(self, start: int, end: int) -> None:
-        """Envelopes ``start:end`` were pushed to their connected recipient: let them wait a little
+        """Envelopes ``start:end``, all to one recipient, were pushed to it: let them wait a little
         for its receipt before they are written (receipted, they never are)."""
 
-    def submit(self, done: Callable[[list[tuple[int, bool]] | None], None]) -> None:
-        """Queues them all. ``done`` gets what :meth:`MailboxStore.append` returns once each
-        envelope is durable (written, or receipted by its recipient, whose receipt says its store
-        committed it: such an envelope is reported newly stored and never written), or None if they
-        could not be written. It is called from inside the storage's work (a commit, a receipt's
-        :meth:`MailboxStore.discard`): it must only take note and schedule. Raises StorageError
-        (nothing queued) if the storage is closed."""
+    def submit(self, done: Callable[[bool], None]) -> None:
+        """Queues them all. ``done(True)`` once each envelope is durable: written, or receipted by
+        its recipient, whose receipt says its own store committed it (such an envelope is never
+        written); ``done(False)`` if they could not be written. It is called from inside the
+        storage's work (a commit, a receipt's :meth:`MailboxStore.discard`): it must only take note
+        and schedule. Raises StorageError (nothing queued) if the storage is closed."""
 
 
 class MailboxStore(Protocol):
