@@ -251,3 +251,46 @@ def test_a_second_mailbox_connection_replaces_the_first(tmp_path: Path) -> None:
             assert err.value.code == "auth_failed"
 
     run(scenario())
+
+
+def test_an_envelope_receipted_while_held_never_reaches_the_servers_disk(tmp_path: Path) -> None:
+    """Bob is connected and caught up: Alice's envelope is pushed to him before it is written, and
+    the server holds it (receipt_wait_s) for his receipt. He receipts: Alice's OK follows at once,
+    and the envelope's bytes were never in the database or its WAL. A second one, which Bob does not
+    receipt, is written when the wait ends (OK then) and reaches his next connection."""
+    kept = os.urandom(700)
+    elided = os.urandom(700)
+
+    async def scenario() -> None:
+        codes = await add_codes(tmp_path, 2)
+        async with running_server(tmp_path, receipt_wait_s=1.5) as server:
+            alice, bob = await new_user(server, codes[0]), await new_user(server, codes[1])
+            await alice.connect()
+            mailbox = await bob.connect()
+            assert isinstance(await mailbox.receive(), f.Drained)
+            sender = await alice.sender()
+
+            first = os.urandom(16)
+            await sender.send(f.Send((f.OutgoingEnvelope(first, bob.account, bob.token, elided),)))
+            (delivery,) = (await mailbox.expect(f.Deliver, timeout=5)).deliveries
+            assert (delivery.envelope_id, delivery.envelope) == (first, elided)
+            with pytest.raises(TimeoutError):  # held: neither written nor receipted yet
+                await sender.receive(timeout=0.5)
+            started = asyncio.get_running_loop().time()
+            await mailbox.send(f.Receipt((delivery.seq,)))
+            assert (await sender.expect(f.SendResult, timeout=5)).results == ((first, f.SendStatus.OK),)
+            assert asyncio.get_running_loop().time() - started < 1.0  # the receipt, not the wait
+
+            second = os.urandom(16)
+            await sender.send(f.Send((f.OutgoingEnvelope(second, bob.account, bob.token, kept),)))
+            (delivery,) = (await mailbox.expect(f.Deliver, timeout=5)).deliveries
+            assert delivery.envelope_id == second
+            assert (await sender.expect(f.SendResult, timeout=5)).results == ((second, f.SendStatus.OK),)
+            await mailbox.close()
+            again = await bob.connect()  # not receipted: delivered again from storage
+            (delivery,) = (await again.expect(f.Deliver, timeout=5)).deliveries
+            assert (delivery.envelope_id, delivery.envelope) == (second, kept)
+
+    run(scenario())
+    disk = b"".join(p.read_bytes() for p in tmp_path.glob("kluis.db*"))
+    assert elided not in disk

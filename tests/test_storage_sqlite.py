@@ -275,3 +275,173 @@ def test_a_group_commit_that_finds_the_write_lock_taken_waits_without_blocking_t
             await storage.close()
 
     asyncio.run(body())
+
+
+# -- Held envelopes (MailboxStore.stage): pushed before they are written --------------------------
+
+
+async def _staged(
+    s: SqliteStorage, n: int, *, hold: tuple[int, int] | None = None
+) -> tuple[list[int], list[bool]]:
+    """Stages ``n`` envelopes to account 1 (holding ``hold``); returns their seqs and a list that
+    receives the ``done`` outcome."""
+    a = account(1)
+    if await s.accounts.get(a.account_id) is None:
+        await s.accounts.create(a)
+    staged = s.mailbox.stage([envelope(a.account_id, i, size=300) for i in range(n)])
+    if hold is not None:
+        staged.hold(*hold)
+    outcome: list[bool] = []
+    staged.submit(outcome.append)
+    return [item.seq for item in staged.items], outcome
+
+
+def _stored_seqs(s: SqliteStorage) -> list[int]:
+    return [row[0] for row in s.db.conn.execute("SELECT seq FROM mailbox ORDER BY seq")]
+
+
+def _on_disk(path: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in path.parent.glob(path.name + "*"))
+
+
+def test_a_held_envelope_receipted_in_time_is_never_written(tmp_path: Path) -> None:
+    """The recipient's receipt arrives while the envelope is held: no commit, no byte on disk (the
+    database file and its WAL), and the sender's answer comes at once."""
+    path = tmp_path / "kluis.db"
+    secrets: list[bytes] = []
+
+    async def main() -> None:
+        s = await _open(path)
+        s.mailbox.receipt_wait = 30.0
+        a = account(1)
+        await s.accounts.create(a)
+        envelopes = [envelope(a.account_id, i, size=300) for i in range(3)]
+        secrets.extend(e.ciphertext for e in envelopes)
+        staged = s.mailbox.stage(envelopes)
+        staged.hold(0, 3)
+        outcome: list[bool] = []
+        staged.submit(outcome.append)
+        await asyncio.sleep(0.05)
+        assert outcome == []  # held: neither written nor receipted
+        s.mailbox.discard(a.account_id, [item.seq for item in staged.items])
+        assert outcome == [True]
+        assert staged.duplicates == {}
+        await asyncio.sleep(0.05)
+        assert s.db.group_items["mailbox_append"] == 0
+        assert s.db.group_items["mailbox_discard"] == 0  # nothing to delete either
+        assert await s.mailbox.count(a.account_id) == 0
+        await s.close()
+
+    asyncio.run(main())
+    disk = _on_disk(path)
+    assert not any(secret in disk for secret in secrets)
+
+
+def test_a_held_envelope_not_receipted_in_time_is_written(tmp_path: Path) -> None:
+    async def main() -> None:
+        s = await _open(tmp_path / "kluis.db")
+        s.mailbox.receipt_wait = 0.05
+        seqs, outcome = await _staged(s, 4, hold=(0, 4))
+        await asyncio.sleep(0.01)
+        assert outcome == []
+        assert await s.mailbox.count(account(1).account_id) == 0
+        await asyncio.sleep(0.2)
+        assert outcome == [True]
+        items = await s.mailbox.fetch(account(1).account_id, 0, 10)
+        assert [i.seq for i in items] == seqs
+        await s.close()
+
+    asyncio.run(main())
+
+
+def test_only_the_receipted_envelopes_of_a_frame_are_never_written(tmp_path: Path) -> None:
+    """Part held and part not; some of the held ones receipted: the sender hears once all are
+    durable, and exactly the others are stored."""
+
+    async def main() -> None:
+        s = await _open(tmp_path / "kluis.db")
+        s.mailbox.receipt_wait = 0.1
+        a = account(1).account_id
+        seqs, outcome = await _staged(s, 6, hold=(2, 6))
+        await asyncio.sleep(0.01)  # the unheld two are written with this loop pass's commit
+        assert _stored_seqs(s) == seqs[:2]  # (a fetch would write the held ones: not that)
+        s.mailbox.discard(a, [seqs[2], seqs[4]])
+        assert outcome == []  # seqs[3] and seqs[5] are still held
+        await asyncio.sleep(0.3)
+        assert outcome == [True]
+        assert _stored_seqs(s) == [seqs[0], seqs[1], seqs[3], seqs[5]]
+        await s.close()
+
+    asyncio.run(main())
+
+
+def test_a_fetch_writes_its_mailboxs_held_envelopes_first(tmp_path: Path) -> None:
+    """A new connection of the mailbox drains it: it must find the envelopes pushed to the old one
+    and not yet receipted, however long their wait."""
+
+    async def main() -> None:
+        s = await _open(tmp_path / "kluis.db")
+        s.mailbox.receipt_wait = 30.0
+        seqs, outcome = await _staged(s, 3, hold=(0, 3))
+        items = await s.mailbox.fetch(account(1).account_id, 0, 10)
+        assert [i.seq for i in items] == seqs
+        assert outcome == [True]
+        # A receipt now (from the old connection) deletes them like any stored envelope.
+        s.mailbox.discard(account(1).account_id, seqs)
+        await asyncio.sleep(0.01)
+        assert await s.mailbox.count(account(1).account_id) == 0
+        await s.close()
+
+    asyncio.run(main())
+
+
+def test_closing_writes_the_held_envelopes(tmp_path: Path) -> None:
+    path = tmp_path / "kluis.db"
+    outcomes: list[bool] = []
+
+    async def main() -> None:
+        s = await _open(path)
+        s.mailbox.receipt_wait = 30.0
+        _, outcome = await _staged(s, 5, hold=(0, 5))
+        await s.close()
+        outcomes.extend(outcome)
+
+    asyncio.run(main())
+    assert outcomes == [True]
+    assert sqlite3.connect(path).execute("SELECT count(*) FROM mailbox").fetchone() == (5,)
+
+
+def test_a_held_resend_of_a_stored_envelope_is_reported_as_one(tmp_path: Path) -> None:
+    async def main() -> None:
+        s = await _open(tmp_path / "kluis.db")
+        s.mailbox.receipt_wait = 0.01
+        a = account(1)
+        await s.accounts.create(a)
+        first = envelope(a.account_id, 7)
+        [(stored_seq, new)] = await s.mailbox.append([first])
+        assert new
+        staged = s.mailbox.stage([first])
+        staged.hold(0, 1)
+        outcome: list[bool] = []
+        staged.submit(outcome.append)
+        await asyncio.sleep(0.1)
+        assert outcome == [True]
+        assert staged.duplicates == {0: stored_seq}
+        assert await s.mailbox.count(a.account_id) == 1
+        await s.close()
+
+    asyncio.run(main())
+
+
+def test_a_failed_write_of_held_envelopes_is_reported(tmp_path: Path) -> None:
+    async def main() -> None:
+        s = await _open(tmp_path / "kluis.db")
+        s.mailbox.receipt_wait = 0.02
+        _, outcome = await _staged(s, 2, hold=(0, 2))
+        s.db.conn.execute("DROP TABLE mailbox")
+        await asyncio.sleep(0.1)
+        assert outcome == [False]
+        assert not s.mailbox._unwritten  # nothing left behind to elide
+        await s.close()
+
+    asyncio.run(main())
