@@ -124,7 +124,7 @@ class ServerConfig(BaseSettings):
     """SQLite: how long an envelope pushed to its connected recipient before it is written waits for
     that recipient's receipt. Receipted in time, it is never written to disk (and its sender is
     acknowledged without a commit); otherwise it is written then. Its sender's acknowledgement waits
-    that long at most."""
+    that long at most. 0: written at once (acknowledged after the commit), though still pushed first."""
 
     retention_days: int = Field(default=7, ge=1, le=365)
     """Days an undelivered envelope waits in a mailbox before it expires and is deleted."""

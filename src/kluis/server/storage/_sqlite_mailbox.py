@@ -80,7 +80,7 @@ class Staged:
         """
         self._done = done
         store, held, n = self._store, self._held, len(self.rows)
-        if not held:
+        if not held or store.receipt_wait <= 0:  # 0: written at once, pushed early or not
             store._write(self, 0, n, False)
             return
         start = 0
