@@ -40,7 +40,7 @@ _bucket_label: Callable[[float], str] = floatToGoString
 
 ConnectionKind = Literal["authenticated", "sending"]
 """An account's own connection (receives, uploads keys) or a sealed-send connection (no account)."""
-EnvelopeEvent = Literal["accepted", "delivered", "acknowledged", "expired", "duplicate"]
+EnvelopeEvent = Literal["accepted", "delivered", "acknowledged", "expired", "duplicate", "unwritten"]
 RejectReason = Literal[
     "bad_token",
     "revoked",
@@ -246,7 +246,8 @@ class Metrics:
         self._frame_bytes_pending[1] += size
 
     def envelopes(self, event: EnvelopeEvent, count: int = 1) -> None:
-        """Count ``count`` envelopes that were accepted, delivered, acknowledged, expired or duplicates."""
+        """Count ``count`` envelopes that were accepted, delivered, acknowledged, expired, duplicates,
+        or receipted while held (unwritten)."""
         if event not in _ENVELOPE_EVENTS:
             raise KeyError(event)
         self._envelope_counts[event] = self._envelope_counts.get(event, 0) + count

@@ -590,6 +590,8 @@ class _StoreJob:
             # meanwhile, its new connection's drain found them: a fetch writes its mailbox's held
             # envelopes first.)
             relay._offer_written(self.envelopes, self.items, self.staged.duplicates, self.early)
+            if self.staged.elided:
+                relay.metrics.envelopes("unwritten", len(self.staged.elided))
         relay.metrics.send_acknowledged(time.perf_counter() - self.started)
         self.done(self.screened.results)
 

@@ -189,6 +189,8 @@ class StagedAppend(Protocol):
     duplicates: dict[int, int]
     """Once they are durable: index -> the seq an earlier copy is stored under, for each envelope
     that was a resend of a stored one (not stored again)."""
+    elided: set[int] | None
+    """Indexes of the envelopes receipted before they were written (never written), if any."""
 
     def hold(self, start: int, end: int) -> None:
         """Envelopes ``start:end``, all to one recipient, were pushed to it: let them wait a little
