@@ -31,6 +31,7 @@ import pytest
 from kluis.client.transport import MailboxStream, RelayClientError, SendStream
 from kluis.relay import frames as f
 from kluis.server.relay import PASS_LABEL
+from kluis.server.storage._sqlite_mailbox import DISCARD_WAIT_S
 from kluis.server.storage.base import epoch_day
 from tests.server_process import ServerProcess, admin_codes
 from tests.server_support import Remote, User, new_user
@@ -133,12 +134,14 @@ def run(
 ) -> None:
     """Runs ``case``, then checks that nothing was stored for it (``stored``: envelopes the case
     itself got acknowledged with OK and left undelivered) and that the server is healthy."""
+    time.sleep(2 * DISCARD_WAIT_S)  # receipts' deletes of the case before are committed
     before = relay.counts()
 
     async def main() -> None:
         async with relay.session() as session:
             await asyncio.wait_for(case(session), 30)
             left = stored if isinstance(stored, int) else stored()
+            await asyncio.sleep(2 * DISCARD_WAIT_S)
             after = relay.counts()
             assert after == {**before, "mailbox": before["mailbox"] + left}, (before, after)
             await assert_healthy(relay, session)

@@ -13,6 +13,7 @@ import pytest
 
 from kluis.server.storage import SchemaTooNew, StorageError, StoredEnvelope, database_path, open_storage
 from kluis.server.storage._sqlite_db import SCHEMA_COMPAT_VERSION, SCHEMA_VERSION
+from kluis.server.storage._sqlite_mailbox import DISCARD_WAIT_S
 from kluis.server.storage.sqlite import SqliteStorage
 from tests.storage_support import account, envelope
 
@@ -445,3 +446,36 @@ def test_a_failed_write_of_held_envelopes_is_reported(tmp_path: Path) -> None:
         await s.close()
 
     asyncio.run(main())
+
+
+def test_a_receipts_delete_waits_for_a_commit_that_writes_envelopes_or_a_moment(tmp_path: Path) -> None:
+    """Deletes alone do not make a commit per loop pass: they join the next append's commit, or are
+    committed after DISCARD_WAIT_S."""
+
+    async def main() -> None:
+        s = await _open(tmp_path / "kluis.db")
+        a = account(1)
+        await s.accounts.create(a)
+        seqs = [seq for seq, _ in await s.mailbox.append([envelope(a.account_id, i) for i in range(4)])]
+        commits = s.db.commit_count
+        s.mailbox.discard(a.account_id, seqs[:1])
+        await asyncio.sleep(0)
+        s.mailbox.discard(a.account_id, seqs[1:2])
+        await asyncio.sleep(0.01)
+        assert s.db.commit_count == commits  # waiting for company
+        assert _stored_seqs(s) == seqs
+        await s.mailbox.append([envelope(a.account_id, 9)])  # one commit for it and both deletes
+        assert s.db.commit_count == commits + 1
+        assert _stored_seqs(s)[:2] == seqs[2:]
+        s.mailbox.discard(a.account_id, seqs[2:3])
+        await asyncio.sleep(DISCARD_WAIT_S + 0.1)  # alone: committed after the wait
+        assert s.db.commit_count == commits + 2
+        assert _stored_seqs(s)[:1] == seqs[3:]
+        s.mailbox.discard(a.account_id, seqs[3:])
+        await s.close()  # closing commits what is pending
+
+    asyncio.run(main())
+    conn = sqlite3.connect(tmp_path / "kluis.db")
+    assert conn.execute(
+        "SELECT count(*) FROM mailbox WHERE envelope_id != ?", ((9).to_bytes(16, "big"),)
+    ).fetchone() == (0,)

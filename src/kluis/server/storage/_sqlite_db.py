@@ -156,6 +156,10 @@ class SqliteDatabase:
         return cls(conn, engine)
 
     @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
     def commit_count(self) -> int:
         return sum(self.commits.values())
 

@@ -234,8 +234,9 @@ class MailboxStore(Protocol):
         """
 
     def discard(self, recipient: AccountId, seqs: list[int]) -> None:
-        """Deletes the given seqs with the next group commit, without waiting for it: what a
-        receipt does, which nobody awaits (an envelope whose delete is lost is delivered again and
+        """Deletes the given seqs with the next group commit (on SQLite, the next that writes
+        envelopes, or one a moment later), without waiting for it: what a receipt does, which
+        nobody awaits (an envelope whose delete is lost is delivered again and
         the client drops it by id). Costs no future and no task per receipt, which matters when
         every delivery is a receipt of its own. A failure is logged, never raised."""
 
