@@ -36,6 +36,7 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
+from kluis.bench.affinity import pin
 from kluis.bench.relay_load import PAYLOAD_BYTES, raise_nofile, worker_main
 from kluis.bench.services import BenchError, Deployment, Nodes, exit_on_sigterm
 
@@ -63,6 +64,8 @@ class Options:
     nodes: int = 1
     redis: str | None = None
     """Redis for several nodes (``--redis URL``); None starts a throwaway redis-server."""
+    pin: bool = True
+    """Each node on a CPU of its own, the generators on the others (kluis.bench.affinity)."""
 
 
 QUICK = Options(
@@ -124,7 +127,7 @@ Target = Callable[[Connection, dict[str, Any]], None]
 
 
 def _spawn(
-    specs: list[dict[str, Any]], urls: list[str], target: Target
+    specs: list[dict[str, Any]], urls: list[str], target: Target, cpus: set[int] | None
 ) -> tuple[list[Any], list[Connection]]:
     ctx = multiprocessing.get_context("spawn")
     procs, conns = [], []
@@ -133,6 +136,8 @@ def _spawn(
         args = (child, {**spec, "url": urls[0], "urls": urls})
         proc = ctx.Process(target=target, args=args, daemon=True)
         proc.start()
+        if cpus is not None:
+            pin(proc.pid, cpus)
         child.close()
         procs.append(proc)
         conns.append(parent)
@@ -154,7 +159,7 @@ def run_workers(
     every generator starts at one shared instant, and the nodes' CPU time is sampled at the start and
     end of the measured window.
     """
-    procs, conns = _spawn(specs, server.urls, target)
+    procs, conns = _spawn(specs, server.urls, target, server.generator_cpus)
     run = Run([])
     results: dict[Connection, dict[str, Any]] = {}
     ready: set[Connection] = set()
@@ -357,6 +362,7 @@ def _run(opts: Options) -> dict[str, Any]:
         nodes=opts.nodes,
         redis=opts.redis,
         max_connections=opts.w4_connections + 1000,
+        pin=opts.pin,
     )
     out: dict[str, Any] = {}
     try:

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kluis.bench.affinity import pin, split
 from kluis.server.cluster import NodeError, NodeProcess, start_nodes, stop_nodes
 
 START_TIMEOUT_S = 60.0
@@ -98,6 +99,8 @@ class Nodes:
         self.servers = servers
         self.services_cpu: Callable[[], float | None] = lambda: None
         """CPU seconds of what the nodes use beside themselves (PostgreSQL, Redis), if measured."""
+        self.generator_cpus: set[int] | None = None
+        """Where generator processes run, when the nodes have CPUs of their own."""
 
     @classmethod
     def start(
@@ -477,6 +480,7 @@ class Deployment:
         nodes: int = 1,
         redis: str | None = None,
         max_connections: int,
+        pin: bool = True,
     ) -> None:
         if backend not in BACKENDS:
             raise BenchError(f"unknown backend {backend!r} (sqlite or postgres)")
@@ -492,6 +496,9 @@ class Deployment:
         self.node_count = nodes
         self.redis_url = redis
         self.max_connections = max_connections
+        self.pin = pin
+        self.placement: tuple[list[int], set[int]] | None = None
+        """(node CPUs, generator CPUs) once the nodes are pinned (kluis.bench.affinity)."""
         self.cluster: PostgresCluster | None = None
         self.redis: RedisServer | None = None
         self.nodes: Nodes | None = None
@@ -523,6 +530,11 @@ class Deployment:
             self.directory, self.node_count, self.max_connections, database=database, redis=redis
         )
         self.nodes.services_cpu = self.services_cpu_seconds
+        self.placement = split(self.node_count) if self.pin else None
+        if self.placement is not None:
+            for node, cpu in zip(self.nodes.servers, self.placement[0], strict=False):
+                pin(node.pid, {cpu})
+            self.nodes.generator_cpus = self.placement[1]
         return self.nodes
 
     def database_cpu_seconds(self) -> float | None:
@@ -550,6 +562,13 @@ class Deployment:
         out: dict[str, object] = {"backend": self.backend, "nodes": self.node_count, "database": database}
         if self.node_count > 1:
             out["redis"] = "throwaway redis-server" if self.redis is not None else "given by --redis"
+        if self.placement is None:
+            out["cpu_pinning"] = "none: nodes and generators share every CPU"
+        else:
+            nodes, generators = self.placement
+            out["cpu_pinning"] = (
+                f"node k on CPU {nodes} [k], generators on CPUs {sorted(generators)} (kluis.bench.affinity)"
+            )
         return out
 
     def stop(self) -> None:

@@ -75,6 +75,8 @@ class Options:
     nodes: int = 1
     redis: str | None = None
     seed: int | None = None
+    pin: bool = True
+    """Each node on a CPU of its own, the generators on the others (kluis.bench.affinity)."""
 
 
 @dataclass(frozen=True)
@@ -205,6 +207,7 @@ def _run(opts: Options) -> dict[str, Any]:
         nodes=opts.nodes,
         redis=opts.redis,
         max_connections=need + 1000,
+        pin=opts.pin,
     )
     samples: dict[str, tuple[float, float | None, float | None, float]] = {}
     try:

@@ -40,6 +40,12 @@ import click
     help="Relay processes sharing the database; streams are spread over them [1].",
 )
 @click.option("--redis", metavar="URL", help="Redis for --nodes N>1 (default: a throwaway redis-server).")
+@click.option(
+    "--pin/--no-pin",
+    default=None,
+    help="Each relay node on a CPU of its own and the generators on the others, when there are more "
+    "CPUs than nodes (kluis.bench.affinity) [pin].",
+)
 def bench_relay(as_json: bool, quick: bool, workloads: str | None, **given: Any) -> None:
     """Relay throughput, latency, store-and-forward and idle memory, with a load generator in its own
     processes against `kluis server` started on loopback for the run (and stopped after it): on

@@ -51,6 +51,12 @@ import click
 )
 @click.option("--nodes", type=click.IntRange(1, 64), help="Relay processes sharing the database [1].")
 @click.option("--redis", metavar="URL", help="Redis for --nodes N>1 (default: a throwaway redis-server).")
+@click.option(
+    "--pin/--no-pin",
+    default=None,
+    help="Each relay node on a CPU of its own and the generators on the others, when there are more "
+    "CPUs than nodes (kluis.bench.affinity) [pin].",
+)
 @click.option("--seed", type=int, help="Seed of the schedule (default: random, printed in config).")
 def bench_skyecc(as_json: bool, **given: Any) -> None:
     """Replays Sky ECC's day: envelopes among registered accounts, a rotating share of them connected,
