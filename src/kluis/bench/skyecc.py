@@ -75,8 +75,10 @@ class Options:
     nodes: int = 1
     redis: str | None = None
     seed: int | None = None
-    pin: bool = True
-    """Each node on a CPU of its own, the generators on the others (kluis.bench.affinity)."""
+    pin: bool = False
+    """Each node on a CPU of its own, the generators on the others (kluis.bench.affinity). Off by
+    default here: the day's relay uses more than one core's worth of the machine (its checkpoint
+    thread, the kernel's work for 10,000 sockets), and pinned to one it took 182 s instead of 154."""
 
 
 @dataclass(frozen=True)

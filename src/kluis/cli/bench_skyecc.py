@@ -55,7 +55,7 @@ import click
     "--pin/--no-pin",
     default=None,
     help="Each relay node on a CPU of its own and the generators on the others, when there are more "
-    "CPUs than nodes (kluis.bench.affinity) [pin].",
+    "CPUs than nodes (kluis.bench.affinity) [no-pin].",
 )
 @click.option("--seed", type=int, help="Seed of the schedule (default: random, printed in config).")
 def bench_skyecc(as_json: bool, **given: Any) -> None:
