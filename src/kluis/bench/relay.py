@@ -136,7 +136,7 @@ def _spawn(
         args = (child, {**spec, "url": urls[0], "urls": urls})
         proc = ctx.Process(target=target, args=args, daemon=True)
         proc.start()
-        if cpus is not None:
+        if cpus is not None and proc.pid is not None:
             pin(proc.pid, cpus)
         child.close()
         procs.append(proc)
