@@ -142,6 +142,51 @@ async def device_loop(url: str, session: aiohttp.ClientSession, user: User, stor
                 await asyncio.wait_for(mailbox.close(), 1)
 
 
+async def senders_and_recipients(
+    server: ServerProcess, session: aiohttp.ClientSession, codes: list[str]
+) -> tuple[list[Sender], list[User]]:
+    """Registers the users; the first SENDERS fetch the day's pass (it outlives restarts: its secret
+    is in the data directory), the others are the recipients."""
+    remote = Remote(server.url, session)
+    users = [await new_user(remote, code) for code in codes]
+    senders = []
+    for number, user in enumerate(users[:SENDERS]):
+        mailbox = await user.connect()
+        senders.append(Sender(number, await mailbox.send_pass()))
+        await mailbox.close()
+    return senders, users[SENDERS:]
+
+
+async def kill_under_load(
+    server: ServerProcess,
+    session: aiohttp.ClientSession,
+    senders: list[Sender],
+    recipients: list[User],
+    rng: random.Random,
+    kills_at: list[float],
+) -> None:
+    """KILLS times: senders send until the server is SIGKILLed at a random moment, then it restarts.
+    Then everything not acknowledged is resent until it is."""
+    for _ in range(KILLS):
+        loops = [
+            asyncio.create_task(sender_loop(server.url, session, s, recipients, rng, load=True))
+            for s in senders
+        ]
+        delay = rng.uniform(0.3, 1.5)
+        kills_at.append(round(delay, 2))
+        await asyncio.sleep(delay)
+        server.kill()
+        await asyncio.wait_for(asyncio.gather(*loops), 2 * IO_TIMEOUT_S)
+        server.start()
+    for _ in range(FINAL_ROUNDS):
+        if not any(s.unacked for s in senders):
+            break
+        await asyncio.gather(
+            *(sender_loop(server.url, session, s, recipients, rng, load=False) for s in senders)
+        )
+    assert not any(s.unacked for s in senders)
+
+
 def test_no_acknowledged_envelope_is_lost_or_doubled_across_sigkill(tmp_path: Path) -> None:
     seed = int.from_bytes(os.urandom(4), "big")
     rng = random.Random(seed)
@@ -153,34 +198,8 @@ def test_no_acknowledged_envelope_is_lost_or_doubled_across_sigkill(tmp_path: Pa
     async def scenario() -> tuple[list[Sender], dict[bytes, Counter[bytes]]]:
         async with aiohttp.ClientSession() as session:
             server.start()
-            remote = Remote(server.url, session)
-            users = [await new_user(remote, code) for code in codes]
-            recipients = users[SENDERS:]
-            senders = []
-            for number, user in enumerate(users[:SENDERS]):
-                mailbox = await user.connect()
-                # The day's pass outlives restarts: its secret is in the data directory.
-                senders.append(Sender(number, await mailbox.send_pass()))
-                await mailbox.close()
-            for _ in range(KILLS):
-                loops = [
-                    asyncio.create_task(sender_loop(server.url, session, s, recipients, rng, load=True))
-                    for s in senders
-                ]
-                delay = rng.uniform(0.3, 1.5)
-                kills_at.append(round(delay, 2))
-                await asyncio.sleep(delay)
-                server.kill()
-                await asyncio.wait_for(asyncio.gather(*loops), 2 * IO_TIMEOUT_S)
-                server.start()
-            # Everything not acknowledged is resent until it is.
-            for _ in range(FINAL_ROUNDS):
-                if not any(s.unacked for s in senders):
-                    break
-                await asyncio.gather(
-                    *(sender_loop(server.url, session, s, recipients, rng, load=False) for s in senders)
-                )
-            assert not any(s.unacked for s in senders)
+            senders, recipients = await senders_and_recipients(server, session, codes)
+            await kill_under_load(server, session, senders, recipients, rng, kills_at)
             received = {user.account: await drain(server.url, session, user) for user in recipients}
             # Receipts are durable: reconnecting finds nothing.
             for user in recipients:
@@ -228,14 +247,7 @@ def test_no_envelope_acknowledged_to_a_connected_recipient_is_lost_across_sigkil
     async def scenario() -> tuple[list[Sender], dict[bytes, Counter[bytes]]]:
         async with aiohttp.ClientSession() as session:
             server.start()
-            remote = Remote(server.url, session)
-            users = [await new_user(remote, code) for code in codes]
-            recipients = users[SENDERS:]
-            senders = []
-            for number, user in enumerate(users[:SENDERS]):
-                mailbox = await user.connect()
-                senders.append(Sender(number, await mailbox.send_pass()))
-                await mailbox.close()
+            senders, recipients = await senders_and_recipients(server, session, codes)
             stores: dict[bytes, Counter[bytes]] = {user.account: Counter() for user in recipients}
             devices = [
                 asyncio.create_task(device_loop(server.url, session, user, stores[user.account]))
@@ -243,24 +255,7 @@ def test_no_envelope_acknowledged_to_a_connected_recipient_is_lost_across_sigkil
             ]
             try:
                 await asyncio.sleep(0.3)  # connected and caught up before the load begins
-                for _ in range(KILLS):
-                    loops = [
-                        asyncio.create_task(sender_loop(server.url, session, s, recipients, rng, load=True))
-                        for s in senders
-                    ]
-                    delay = rng.uniform(0.3, 1.5)
-                    kills_at.append(round(delay, 2))
-                    await asyncio.sleep(delay)
-                    server.kill()
-                    await asyncio.wait_for(asyncio.gather(*loops), 2 * IO_TIMEOUT_S)
-                    server.start()
-                for _ in range(FINAL_ROUNDS):
-                    if not any(s.unacked for s in senders):
-                        break
-                    await asyncio.gather(
-                        *(sender_loop(server.url, session, s, recipients, rng, load=False) for s in senders)
-                    )
-                assert not any(s.unacked for s in senders)
+                await kill_under_load(server, session, senders, recipients, rng, kills_at)
                 await asyncio.sleep(0.5)
             finally:
                 for device in devices:
