@@ -479,3 +479,30 @@ def test_a_receipts_delete_waits_for_a_commit_that_writes_envelopes_or_a_moment(
     assert conn.execute(
         "SELECT count(*) FROM mailbox WHERE envelope_id != ?", ((9).to_bytes(16, "big"),)
     ).fetchone() == (0,)
+
+
+def test_revocation_leaves_no_held_envelope_to_be_written(tmp_path: Path) -> None:
+    """Envelopes held for an account when it is revoked are never written (its mailbox is gone)."""
+    path = tmp_path / "kluis.db"
+    secrets: list[bytes] = []
+
+    async def main() -> None:
+        s = await _open(path)
+        s.mailbox.receipt_wait = 0.05
+        a = account(1)
+        await s.accounts.create(a)
+        envelopes = [envelope(a.account_id, i, size=300) for i in range(3)]
+        secrets.extend(e.ciphertext for e in envelopes)
+        staged = s.mailbox.stage(envelopes)
+        staged.hold(0, 3)
+        outcome: list[bool] = []
+        staged.submit(outcome.append)
+        await s.accounts.revoke(a.account_id, b"statement")
+        assert outcome == [True]
+        await asyncio.sleep(0.2)  # past the wait: nothing is written
+        assert _stored_seqs(s) == []
+        assert s.db.group_items["mailbox_append"] == 0
+        await s.close()
+
+    asyncio.run(main())
+    assert not any(secret in _on_disk(path) for secret in secrets)

@@ -433,6 +433,13 @@ class SqliteMailboxStore:
             staged._settled(1)
         return rest
 
+    def forget(self, recipient: AccountId) -> None:
+        """Revocation: the recipient's envelopes not yet written never will be (its mailbox is being
+        deleted; their senders were answered OK before it was)."""
+        seqs = [seq for r, seq in self._unwritten if r == recipient]
+        if seqs:
+            self._elide(recipient, seqs)
+
     async def delete(
         self, recipient: AccountId, seqs: list[int], envelope_ids: list[bytes] | None = None
     ) -> int:

@@ -65,8 +65,9 @@ class SqliteCodeStore:
 
 
 class SqliteAccountStore:
-    def __init__(self, db: SqliteDatabase) -> None:
+    def __init__(self, db: SqliteDatabase, mailbox: SqliteMailboxStore | None = None) -> None:
         self._db = db
+        self._mailbox = mailbox
 
     async def create(self, account: Account) -> None:
         def txn(c: sqlite3.Connection) -> None:
@@ -130,7 +131,10 @@ class SqliteAccountStore:
             ):
                 c.execute(f"DELETE FROM {table} WHERE {column} = ?", (account_id,))  # noqa: S608
 
-        # Appends queued in this loop pass land first, then are deleted with the rest.
+        # Held envelopes are never written; appends queued in this loop pass land first, then are
+        # deleted with the rest.
+        if self._mailbox is not None:
+            self._mailbox.forget(account_id)
         self._db.flush(wait=True)
         self._db.run_interaction("revoke_account", txn)
 
@@ -259,9 +263,9 @@ class SqliteStorage:
         self.db = db
         self._checkpointer = None if path is None else Checkpointer(path)
         self.codes = SqliteCodeStore(db)
-        self.accounts = SqliteAccountStore(db)
-        self.directory = SqliteDirectoryStore(db)
         self.mailbox = SqliteMailboxStore(db, receipt_wait=receipt_wait)
+        self.accounts = SqliteAccountStore(db, self.mailbox)
+        self.directory = SqliteDirectoryStore(db)
 
     @classmethod
     def open(
