@@ -506,3 +506,28 @@ def test_revocation_leaves_no_held_envelope_to_be_written(tmp_path: Path) -> Non
 
     asyncio.run(main())
     assert not any(secret in _on_disk(path) for secret in secrets)
+
+
+def test_a_cancelled_store_leaves_the_others_in_its_commit_answered(tmp_path: Path) -> None:
+    """Relay.store's caller is cancelled while its envelopes are in a group commit: the commit still
+    answers everyone else in it (the storage calls back into the relay from inside the commit)."""
+    from kluis.relay import frames as f
+    from kluis.server.relay import Relay, Screened
+
+    async def main() -> None:
+        s = await _open(tmp_path / "kluis.db")
+        a = account(1)
+        await s.accounts.create(a)
+        relay = Relay(s, pass_secret=bytes(32), clock=lambda: 1.7e9)
+        first = envelope(a.account_id, 1)
+        cancelled = asyncio.create_task(
+            relay.store(Screened([(first.envelope_id, f.SendStatus.OK)], [(0, first)]))
+        )
+        other = asyncio.create_task(s.mailbox.append([envelope(a.account_id, 2)]))
+        await asyncio.sleep(0)  # both staged in this loop pass's commit
+        cancelled.cancel()
+        assert [new for _, new in await asyncio.wait_for(other, 2)] == [True]
+        assert await s.mailbox.count(a.account_id) == 2
+        await s.close()
+
+    asyncio.run(main())

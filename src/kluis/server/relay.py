@@ -451,7 +451,12 @@ class Relay:
         if not accepted:
             return results
         future: asyncio.Future[SendResults] = asyncio.get_running_loop().create_future()
-        if self.store_soon(screened, future.set_result):
+
+        def done(results: SendResults) -> None:
+            if not future.done():  # the caller may have been cancelled; the storage must not see it
+                future.set_result(results)
+
+        if self.store_soon(screened, done):
             return await future
         metrics = self.metrics
         envelopes = [s for _, s in accepted]
