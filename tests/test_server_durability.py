@@ -187,12 +187,26 @@ async def kill_under_load(
     assert not any(s.unacked for s in senders)
 
 
-def test_no_acknowledged_envelope_is_lost_or_doubled_across_sigkill(tmp_path: Path) -> None:
+def scene(tmp_path: Path) -> tuple[int, random.Random, Path, list[str], ServerProcess]:
+    """A random seed (printed on failure) and its generator, the data directory with codes for
+    every user, and the server process on it (not started)."""
     seed = int.from_bytes(os.urandom(4), "big")
-    rng = random.Random(seed)
     data_dir = tmp_path / "data"
     codes = admin_codes(data_dir, SENDERS + RECIPIENTS)
-    server = ServerProcess(data_dir)
+    return seed, random.Random(seed), data_dir, codes, ServerProcess(data_dir)
+
+
+def acknowledged(senders: list[Sender], stopped: int, context: str) -> set[bytes]:
+    """Every envelope id acknowledged OK, once the server stopped cleanly and real load went through."""
+    assert stopped == 0, context
+    acked: set[bytes] = set().union(*(s.acked for s in senders))
+    assert sum(s.made for s in senders) == len(acked), context  # every id made was acknowledged once
+    assert len(acked) > 3 * BATCH, context
+    return acked
+
+
+def test_no_acknowledged_envelope_is_lost_or_doubled_across_sigkill(tmp_path: Path) -> None:
+    seed, rng, data_dir, codes, server = scene(tmp_path)
     kills_at: list[float] = []
 
     async def scenario() -> tuple[list[Sender], dict[bytes, Counter[bytes]]]:
@@ -211,10 +225,7 @@ def test_no_acknowledged_envelope_is_lost_or_doubled_across_sigkill(tmp_path: Pa
     finally:
         stopped = server.stop()
     context = f"seed={seed} kills at {kills_at} s"
-    assert stopped == 0, context
-    acked = set().union(*(s.acked for s in senders))
-    assert sum(s.made for s in senders) == len(acked), context  # every id made was acknowledged once
-    assert len(acked) > 3 * BATCH, context  # real load went through
+    acked = acknowledged(senders, stopped, context)
     delivered: Counter[bytes] = Counter()
     for counts in received.values():
         delivered.update(counts)
@@ -237,11 +248,7 @@ def test_no_envelope_acknowledged_to_a_connected_recipient_is_lost_across_sigkil
     """As above, but the recipients are connected and receipting throughout, so most envelopes are
     held for their receipt and never written (the sender's OK then rests on the recipient's store):
     every acknowledged envelope is in its recipient's store at the end, whatever the kills cut."""
-    seed = int.from_bytes(os.urandom(4), "big")
-    rng = random.Random(seed)
-    data_dir = tmp_path / "data"
-    codes = admin_codes(data_dir, SENDERS + RECIPIENTS)
-    server = ServerProcess(data_dir)
+    seed, rng, _, codes, server = scene(tmp_path)
     kills_at: list[float] = []
 
     async def scenario() -> tuple[list[Sender], dict[bytes, Counter[bytes]]]:
@@ -272,10 +279,7 @@ def test_no_envelope_acknowledged_to_a_connected_recipient_is_lost_across_sigkil
     finally:
         stopped = server.stop()
     context = f"seed={seed} kills at {kills_at} s"
-    assert stopped == 0, context
-    acked = set().union(*(s.acked for s in senders))
-    assert sum(s.made for s in senders) == len(acked), context
-    assert len(acked) > 3 * BATCH, context
+    acked = acknowledged(senders, stopped, context)
     stored = set().union(*stores.values())
     lost = acked - stored
     assert not lost, (context, f"{len(lost)} acknowledged envelopes lost")

@@ -282,14 +282,16 @@ def test_a_group_commit_that_finds_the_write_lock_taken_waits_without_blocking_t
 
 
 async def _staged(
-    s: SqliteStorage, n: int, *, hold: tuple[int, int] | None = None
+    s: SqliteStorage, n: int, *, hold: tuple[int, int] | None = None, secrets: list[bytes] | None = None
 ) -> tuple[list[int], list[bool]]:
-    """Stages ``n`` envelopes to account 1 (holding ``hold``); returns their seqs and a list that
-    receives the ``done`` outcome."""
+    """Stages ``n`` envelopes to account 1 (holding ``hold``; their ciphertexts go to ``secrets``);
+    returns their seqs and a list that receives the ``done`` outcome."""
     a = account(1)
     if await s.accounts.get(a.account_id) is None:
         await s.accounts.create(a)
     staged = s.mailbox.stage([envelope(a.account_id, i, size=300) for i in range(n)])
+    if secrets is not None:
+        secrets.extend(item.ciphertext for item in staged.items)
     if hold is not None:
         staged.hold(*hold)
     outcome: list[bool] = []
@@ -314,23 +316,15 @@ def test_a_held_envelope_receipted_in_time_is_never_written(tmp_path: Path) -> N
     async def main() -> None:
         s = await _open(path)
         s.mailbox.receipt_wait = 30.0
-        a = account(1)
-        await s.accounts.create(a)
-        envelopes = [envelope(a.account_id, i, size=300) for i in range(3)]
-        secrets.extend(e.ciphertext for e in envelopes)
-        staged = s.mailbox.stage(envelopes)
-        staged.hold(0, 3)
-        outcome: list[bool] = []
-        staged.submit(outcome.append)
+        seqs, outcome = await _staged(s, 3, hold=(0, 3), secrets=secrets)
         await asyncio.sleep(0.05)
         assert outcome == []  # held: neither written nor receipted
-        s.mailbox.discard(a.account_id, [item.seq for item in staged.items])
+        s.mailbox.discard(account(1).account_id, seqs)
         assert outcome == [True]
-        assert staged.duplicates == {}
         await asyncio.sleep(0.05)
         assert s.db.group_items["mailbox_append"] == 0
         assert s.db.group_items["mailbox_discard"] == 0  # nothing to delete either
-        assert await s.mailbox.count(a.account_id) == 0
+        assert await s.mailbox.count(account(1).account_id) == 0
         await s.close()
 
     asyncio.run(main())
@@ -489,15 +483,8 @@ def test_revocation_leaves_no_held_envelope_to_be_written(tmp_path: Path) -> Non
     async def main() -> None:
         s = await _open(path)
         s.mailbox.receipt_wait = 0.05
-        a = account(1)
-        await s.accounts.create(a)
-        envelopes = [envelope(a.account_id, i, size=300) for i in range(3)]
-        secrets.extend(e.ciphertext for e in envelopes)
-        staged = s.mailbox.stage(envelopes)
-        staged.hold(0, 3)
-        outcome: list[bool] = []
-        staged.submit(outcome.append)
-        await s.accounts.revoke(a.account_id, b"statement")
+        _, outcome = await _staged(s, 3, hold=(0, 3), secrets=secrets)
+        await s.accounts.revoke(account(1).account_id, b"statement")
         assert outcome == [True]
         await asyncio.sleep(0.2)  # past the wait: nothing is written
         assert _stored_seqs(s) == []
