@@ -8,7 +8,6 @@ delivery tokens, and stores ciphertext it cannot open.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import os
@@ -446,18 +445,11 @@ class Relay:
         return True
 
     async def store(self, screened: Screened) -> SendResults:
-        """Stores the screened envelopes (group commit), then pushes them to connected recipients."""
+        """Commits the screened envelopes (group commit), then pushes them to connected recipients:
+        for storage that numbers envelopes only as it writes them (else :meth:`store_soon`)."""
         results, accepted = screened.results, screened.accepted
         if not accepted:
             return results
-        future: asyncio.Future[SendResults] = asyncio.get_running_loop().create_future()
-
-        def done(results: SendResults) -> None:
-            if not future.done():  # the caller may have been cancelled; the storage must not see it
-                future.set_result(results)
-
-        if self.store_soon(screened, done):
-            return await future
         metrics = self.metrics
         envelopes = [s for _, s in accepted]
         started = time.perf_counter()
@@ -516,23 +508,24 @@ class Relay:
     def _push_early(self, envelopes: list[StoredEnvelope], staged: StagedAppend) -> list[tuple[int, int]]:
         """Pushes runs of staged envelopes to their connected, caught-up recipients and holds them
         for the receipts; returns (start, end) of each run pushed."""
-        fanout = self.fanout
+        n = len(envelopes)
         first = envelopes[0].recipient
-        if len(envelopes) == 1 or all(e.recipient == first for e in envelopes):  # one run: most frames
-            sink = fanout.get(first)
-            if sink is not None and sink.offer_early(staged.items):
-                staged.hold(0, len(envelopes))
-                return [(0, len(envelopes))]
-            return []
+        runs: list[tuple[AccountId, int, int]] = []
+        if n == 1 or all(e.recipient == first for e in envelopes):  # one run: most frames
+            runs.append((first, 0, n))
+        else:
+            start = 0
+            for recipient, run in groupby(envelopes, key=itemgetter(0)):
+                runs.append((recipient, start, start + sum(1 for _ in run)))
+                start = runs[-1][2]
         pushed = []
-        start = 0
-        for recipient, run in groupby(envelopes, key=itemgetter(0)):
-            end = start + sum(1 for _ in run)
-            sink = fanout.get(recipient)
-            if sink is not None and sink.offer_early(staged.items[start:end]):
+        for recipient, start, end in runs:
+            sink = self.fanout.get(recipient)
+            if sink is not None and sink.offer_early(
+                staged.items if end - start == n else staged.items[start:end]
+            ):
                 staged.hold(start, end)
                 pushed.append((start, end))
-            start = end
         return pushed
 
     async def fetch(self, account_id: AccountId, after_seq: int, limit: int) -> list[MailboxItem]:
@@ -565,7 +558,7 @@ class Relay:
 class _StoreJob:
     """One :meth:`Relay.store_soon`: what is needed once its envelopes are durable."""
 
-    __slots__ = ("done", "early", "envelopes", "items", "relay", "screened", "staged", "started")
+    __slots__ = ("done", "early", "envelopes", "relay", "screened", "staged", "started")
 
     def __init__(
         self,
@@ -579,7 +572,6 @@ class _StoreJob:
         self.screened = screened
         self.envelopes = envelopes
         self.staged = staged
-        self.items = staged.items
         self.done = done
         self.early: list[tuple[int, int]] = []
         self.started = time.perf_counter()
@@ -590,11 +582,11 @@ class _StoreJob:
             relay._unavailable(self.screened)
         else:
             if not self.early:  # a commit, not a wait for receipts: worth its histogram
-                relay.metrics.commit(time.perf_counter() - self.started, len(self.items))
+                relay.metrics.commit(time.perf_counter() - self.started, len(self.envelopes))
             # Those pushed early are not offered again. (Should the mailbox have reconnected
             # meanwhile, its new connection's drain found them: a fetch writes its mailbox's held
             # envelopes first.)
-            relay._offer_written(self.envelopes, self.items, self.staged.duplicates, self.early)
+            relay._offer_written(self.envelopes, self.staged.items, self.staged.duplicates, self.early)
             if self.staged.elided:
                 relay.metrics.envelopes("unwritten", len(self.staged.elided))
         relay.metrics.send_acknowledged(time.perf_counter() - self.started)

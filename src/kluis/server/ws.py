@@ -373,13 +373,14 @@ class Connection(Stream):
         by_bytes = (DELIVERY_WINDOW_BYTES - self._in_flight_bytes) // self._typical_size
         return min(FETCH_BATCH, by_count, max(1, by_bytes))
 
+    def _fits(self, items: list[MailboxItem]) -> bool:
+        """Whether the delivery window (count and bytes) has room for all of ``items``."""
+        return len(self._in_flight) + len(items) <= DELIVERY_WINDOW and not self._window_full(
+            sum(len(item.ciphertext) for item in items)
+        )
+
     def offer(self, items: list[MailboxItem]) -> None:
-        size = sum(len(item.ciphertext) for item in items)
-        if (
-            not self._drained
-            or len(self._in_flight) + len(items) > DELIVERY_WINDOW
-            or self._window_full(size)
-        ):
+        if not self._drained or not self._fits(items):
             self._drained = False
             self._request_fetch()
             return
@@ -399,10 +400,8 @@ class Connection(Stream):
             self._shared is not None
             or not self._drained
             or items[0].seq != self._sent_seq + 1
-            or len(self._in_flight) + len(items) > DELIVERY_WINDOW
+            or not self._fits(items)
         ):
-            return False
-        if self._window_full(sum(len(item.ciphertext) for item in items)):
             return False
         for item in items:
             self._deliver(item)

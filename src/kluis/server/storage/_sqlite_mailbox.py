@@ -134,15 +134,13 @@ class _AppendBatch:
         self._written: list[tuple[Part, int]] = []
 
     def run(self, conn: sqlite3.Connection) -> None:
-        unwritten = self._store._unwritten
         params: list[Row] = []
         written: list[tuple[Part, int]] = []
         for part in self.parts:
             staged, start, end, held = part
             rows = staged.rows[start:end]
             if held:  # from here on a receipt deletes them instead
-                for row in rows:
-                    unwritten.pop((row[0], row[1]), None)
+                self._store._unhold(staged, start, end)
             elided = staged.elided
             if elided:
                 rows = [row for i, row in enumerate(rows, start) if i not in elided]
@@ -170,10 +168,8 @@ class _AppendBatch:
         if self._store._batch is self:
             self._store._batch = None
         if error is not None:
-            unwritten = self._store._unwritten
             for staged, start, end, _ in self.parts:
-                for row in staged.rows[start:end]:
-                    unwritten.pop((row[0], row[1]), None)
+                self._store._unhold(staged, start, end)
                 staged._failed()
             return
         for (staged, _, _, _), n in self._written:
@@ -247,8 +243,6 @@ class _DiscardBatch:
         conn.executemany(_DELETE_RUN, self.runs)
 
     def done(self, error: BaseException | None) -> None:
-        if self._store._discards is self:
-            self._store._discards = None
         if error is not None:
             log.warning("deleting receipted envelopes failed; they will be delivered again")
 
@@ -370,9 +364,14 @@ class SqliteMailboxStore:
         try:
             self._write(staged, start, end, True)
         except StorageError:  # closed under them: their senders get no OK
-            for row in staged.rows[start:end]:
-                self._unwritten.pop((row[0], row[1]), None)
+            self._unhold(staged, start, end)
             staged._failed()
+
+    def _unhold(self, staged: Staged, start: int, end: int) -> None:
+        """Rows ``start:end`` are being written (or failed): a receipt can no longer elide them."""
+        unwritten = self._unwritten
+        for row in staged.rows[start:end]:
+            unwritten.pop((row[0], row[1]), None)
 
     def _release_recipient(self, recipient: AccountId) -> None:
         """Writes a recipient's held rows now: a fetch sees every envelope numbered before it (a
@@ -403,8 +402,7 @@ class SqliteMailboxStore:
             self._release_recipient(recipient)
         if self._discards is not None and recipient in self._discards.recipients:
             # A new connection of the mailbox must not be sent again what the old one receipted.
-            self._queue_discards()
-            self._db.flush(wait=True)
+            self._commit_discards()
         rows = self._db.read(
             "mailbox_fetch",
             lambda c: c.execute(
@@ -471,9 +469,13 @@ class SqliteMailboxStore:
             with contextlib.suppress(StorageError):  # closed: delivered again after a restart
                 self._db.group_commit(batch)
 
-    async def expire(self, today: int) -> int:
+    def _commit_discards(self) -> None:
+        """Commits the pending deletes (and whatever else is queued) now."""
         self._queue_discards()
         self._db.flush(wait=True)
+
+    async def expire(self, today: int) -> int:
+        self._commit_discards()
         total = 0
         while True:
             deleted = self._db.run_interaction(
@@ -493,8 +495,7 @@ class SqliteMailboxStore:
 
     async def count(self, recipient: AccountId) -> int:
         if self._discards is not None:  # a count sees every receipt before it
-            self._queue_discards()
-            self._db.flush(wait=True)
+            self._commit_discards()
         row = self._db.read(
             "mailbox_count",
             lambda c: c.execute("SELECT count(*) FROM mailbox WHERE recipient = ?", (recipient,)).fetchone(),
