@@ -95,6 +95,8 @@ def test_config_is_immutable() -> None:
         (None, {"log_level": "LOUD"}, "log_level"),
         (None, {"sqlite_cache_mib": 0}, "sqlite_cache_mib: Input should be greater than or equal to 1"),
         (None, {"sqlite_cache_mib": "lots"}, "sqlite_cache_mib"),
+        (None, {"receipt_wait_s": -0.01}, "receipt_wait_s: Input should be greater than or equal to 0"),
+        (None, {"receipt_wait_s": 60}, "receipt_wait_s: Input should be less than or equal to 10"),
         (None, {"no_such": 1}, "unknown setting(s): no_such"),
     ],
 )

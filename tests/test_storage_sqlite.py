@@ -497,7 +497,7 @@ def test_revocation_leaves_no_held_envelope_to_be_written(tmp_path: Path) -> Non
 
 def test_a_cancelled_store_leaves_the_others_in_its_commit_answered(tmp_path: Path) -> None:
     """Relay.store's caller is cancelled while its envelopes are in a group commit: the commit still
-    answers everyone else in it (the storage calls back into the relay from inside the commit)."""
+    answers everyone else in it (the storage calls its callers back from inside the commit)."""
     from kluis.relay import frames as f
     from kluis.server.relay import Relay, Screened
 
