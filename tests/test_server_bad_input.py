@@ -48,6 +48,8 @@ LIMITS = {
     "KLUIS_SERVER_WRITE_TIMEOUT_S": "2",
     # SQLite's own default: the memory tests measure what the relay holds, not its page cache.
     "KLUIS_SERVER_SQLITE_CACHE_MIB": "2",
+    # What the senders' frames may hold before they are durable, server-wide (the memory test).
+    "KLUIS_SERVER_MAX_UNSTORED_MIB": "4",
 }
 SLOW_SENDERS = 6
 RSS_SLACK = 150 * 1024 * 1024
@@ -461,7 +463,7 @@ def test_an_idle_sending_stream_is_timed_out(relay: Relay) -> None:
 
 
 def test_a_mailbox_that_never_reads_is_cut_off_and_others_are_not(relay: Relay) -> None:
-    """Bob's client stops reading while ~40 MB of envelopes arrive for him: the server keeps at most
+    """Bob's client stops reading while ~46 MB of envelopes arrive for him: the server keeps at most
     its delivery window (8 MiB) of them in memory, not all, and the write timeout (when the socket
     buffers fill) or the heartbeat (when they absorb the window) cuts him off; Alice is
     served meanwhile, and a reading Bob later gets every envelope from storage."""
@@ -511,8 +513,10 @@ def test_a_mailbox_that_never_reads_is_cut_off_and_others_are_not(relay: Relay) 
         await asyncio.sleep(0.1)
 
     run(relay, case)
-    # 46 MB were pushed at a mailbox that reads nothing; the server held about its window.
-    assert grew[0] < 30 * 1024 * 1024, f"server RSS grew by {grew[0] >> 20} MB"
+    # 46 MB were pushed at a mailbox that reads nothing. The server may hold its delivery window
+    # (8 MiB), the senders' unstored frames (4 MiB here) and each sender's inbox (1 MiB): 18 MiB,
+    # plus what the allocator keeps. Unbounded, it grew by up to 39 MB on a busy machine.
+    assert grew[0] < 24 * 1024 * 1024, f"server RSS grew by {grew[0] >> 20} MB"
 
 
 async def connections(session: aiohttp.ClientSession, relay: Relay, kind: str) -> int:

@@ -508,7 +508,7 @@ def test_a_cancelled_store_leaves_the_others_in_its_commit_answered(tmp_path: Pa
         relay = Relay(s, pass_secret=bytes(32), clock=lambda: 1.7e9)
         first = envelope(a.account_id, 1)
         cancelled = asyncio.create_task(
-            relay.store(Screened([(first.envelope_id, f.SendStatus.OK)], [(0, first)]))
+            relay.store(Screened([(first.envelope_id, f.SendStatus.OK)], [(0, first)], len(first.ciphertext)))
         )
         other = asyncio.create_task(s.mailbox.append([envelope(a.account_id, 2)]))
         await asyncio.sleep(0)  # both staged in this loop pass's commit

@@ -77,6 +77,7 @@ def make_app(relay: Relay, config: ServerConfig) -> web.Application:
         max_in_flight=config.max_in_flight,
         write_timeout=config.write_timeout_s,
         heartbeat=config.heartbeat_s,
+        max_unstored_bytes=config.max_unstored_mib * 1024 * 1024,
     )
     add_routes(app)
     app.router.add_get("/v1/stream", stream)

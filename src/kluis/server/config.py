@@ -149,6 +149,12 @@ class ServerConfig(BaseSettings):
     """Envelopes a connection may have outstanding (sent but not yet durable, or delivered but not yet
     acknowledged). Beyond it the server stops reading from, or pushing to, that connection."""
 
+    max_unstored_mib: int = Field(default=32, ge=1, le=65_536)
+    """Envelope bytes the server holds received and not yet durable, over all connections. Beyond it,
+    connections with envelopes to store stop being read until stores finish (max_in_flight bounds
+    counts, not bytes: a few senders of large envelopes, faster than the disk, would otherwise be
+    held in memory whole)."""
+
     idle_timeout_s: float = Field(default=120.0, gt=0, le=86_400)
     """A connection that sends no frame for this long is closed."""
 

@@ -126,6 +126,8 @@ class Screened:
 
     results: SendResults
     accepted: list[tuple[int, StoredEnvelope]]
+    size: int
+    """Bytes of the accepted envelopes' ciphertexts (what storing them holds in memory)."""
 
     @classmethod
     def merge(cls, parts: list[Screened]) -> Screened:
@@ -138,7 +140,7 @@ class Screened:
             offset = len(results)
             results += part.results
             accepted += [(index + offset, envelope) for index, envelope in part.accepted]
-        return cls(results, accepted)
+        return cls(results, accepted, sum(part.size for part in parts))
 
 
 class _Known:
@@ -388,6 +390,7 @@ class Relay:
         sha256 = hashlib.sha256
         compare = hmac.compare_digest
         limit = self.max_envelope_bytes
+        size = 0
         for e in envelopes:
             if len(e.envelope) > limit:
                 results.append((e.envelope_id, f.SendStatus.TOO_LARGE))
@@ -406,7 +409,8 @@ class Relay:
                 continue
             accepted.append((len(results), StoredEnvelope(e.recipient, e.envelope_id, e.envelope, expiry)))  # type: ignore[arg-type]
             results.append((e.envelope_id, f.SendStatus.OK))
-        return Screened(results, accepted)
+            size += len(e.envelope)
+        return Screened(results, accepted, size)
 
     def all_cached(self, envelopes: tuple[f.OutgoingEnvelope, ...]) -> bool:
         cache = self._cache
@@ -414,8 +418,9 @@ class Relay:
             return envelopes[0].recipient in cache
         return all(e.recipient in cache for e in envelopes)
 
-    def store_soon(self, screened: Screened, done: Callable[[SendResults], None]) -> bool:
-        """Stores the screened envelopes and calls ``done`` with their statuses once each is durable;
+    def store_soon(self, screened: Screened, done: Callable[[Screened], None]) -> bool:
+        """Stores the screened envelopes and calls ``done`` with them (their statuses now final) once
+        each is durable;
         False (nothing done) if the storage numbers envelopes only when it writes them: then use
         :meth:`store`.
 
@@ -426,13 +431,13 @@ class Relay:
         """
         envelopes = [s for _, s in screened.accepted]
         if not envelopes:
-            done(screened.results)
+            done(screened)
             return True
         try:
             staged = self.storage.mailbox.stage(envelopes)
         except StorageError:
             self._unavailable(screened)
-            done(screened.results)
+            done(screened)
             return True
         if staged is None:
             return False
@@ -566,7 +571,7 @@ class _StoreJob:
         screened: Screened,
         envelopes: list[StoredEnvelope],
         staged: StagedAppend,
-        done: Callable[[SendResults], None],
+        done: Callable[[Screened], None],
     ) -> None:
         self.relay = relay
         self.screened = screened
@@ -590,7 +595,7 @@ class _StoreJob:
             if self.staged.elided:
                 relay.metrics.envelopes("unwritten", len(self.staged.elided))
         relay.metrics.send_acknowledged(time.perf_counter() - self.started)
-        self.done(self.screened.results)
+        self.done(self.screened)
 
 
 def _encode(key: SignedPublicKey) -> bytes:

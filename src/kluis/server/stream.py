@@ -10,7 +10,8 @@ What the stream does for its subclass (server/ws.py's Connection):
 
 - messages are handled in arrival order. A handler that returns a coroutine (it has to wait, say for
   the database) is awaited before the next message, and messages arriving meanwhile wait in an inbox;
-  when more than MAX_INBOX wait, the transport stops reading (TCP pushes back on the client);
+  when more than MAX_INBOX, or more than MAX_INBOX_BYTES, wait, the transport stops reading (TCP
+  pushes back on the client);
 - writes go straight to the transport, all frames of one flush in one write. When the transport's
   buffer passes WRITE_BUFFER_LIMIT (the client does not read), frames wait, and a client that does not
   make room within ``write_timeout`` is cut off;
@@ -34,6 +35,8 @@ WRITE_BUFFER_LIMIT = 256 * 1024
 """Bytes waiting in the transport's buffer above which frames wait for the client to read."""
 MAX_INBOX = 64
 """Messages waiting behind one being awaited before the transport stops reading."""
+MAX_INBOX_BYTES = 1024 * 1024
+"""Their bytes: 64 messages could be 64 of the largest frames (several MB each)."""
 CLOSE_TIMEOUT_S = 2.0
 """How long the closing handshake waits for the client's CLOSE before the transport is aborted; a
 client that stopped reading must not hold a shutdown for long."""
@@ -62,6 +65,7 @@ class Stream(asyncio.Protocol):
         "_frames",
         "_http",
         "_inbox",
+        "_inbox_bytes",
         "_lost",
         "_reader",
         "_reading_paused",
@@ -93,6 +97,7 @@ class Stream(asyncio.Protocol):
         self._frames: list[bytes] = []
         """Binary messages owed to the client, written by :meth:`emit`."""
         self._inbox: collections.deque[tuple[Opcode, bytes]] | None = None
+        self._inbox_bytes = 0
         """Messages waiting while one is awaited (None: none is, handle them as they come)."""
         self._slow_task: asyncio.Task[None] | None = None
         self._reading_paused = False
@@ -167,7 +172,10 @@ class Stream(asyncio.Protocol):
                 return
             if self._inbox is not None:
                 self._inbox.append((opcode, payload))
-                if len(self._inbox) > MAX_INBOX and not self._reading_paused:
+                self._inbox_bytes += len(payload)
+                if (
+                    len(self._inbox) > MAX_INBOX or self._inbox_bytes > MAX_INBOX_BYTES
+                ) and not self._reading_paused:
                     self._reading_paused = True
                     self._transport.pause_reading()
                 continue
@@ -225,15 +233,21 @@ class Stream(asyncio.Protocol):
                 next_pending = None
                 while inbox and next_pending is None and not self.closing:
                     opcode, payload = inbox.popleft()
+                    self._inbox_bytes -= len(payload)
                     next_pending = self._on_message(opcode, payload)
                 if next_pending is None:
                     return
                 pending = next_pending
-                if self._reading_paused and len(inbox) <= MAX_INBOX // 2:
+                if (
+                    self._reading_paused
+                    and len(inbox) <= MAX_INBOX // 2
+                    and self._inbox_bytes <= MAX_INBOX_BYTES // 2
+                ):
                     self._reading_paused = False
                     self._transport.resume_reading()
         finally:
             self._inbox = None
+            self._inbox_bytes = 0
             self._slow_task = None
             if self._reading_paused and not self._lost:
                 self._reading_paused = False

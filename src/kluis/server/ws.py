@@ -20,6 +20,7 @@ from kluis.protocol.errors import DecodeError, UnsupportedVersion
 from kluis.relay import frames as f
 from kluis.relay.connection import FrameNotAllowed, State, next_state
 from kluis.relay.websocket import CloseCode
+from kluis.server.budget import UnstoredBudget
 from kluis.server.errors import AuthFailed, RelayError, Revoked, SubscriptionExpired, Unavailable
 from kluis.server.metrics import ConnectionKind
 from kluis.server.relay import Relay, Screened
@@ -537,7 +538,12 @@ class Connection(Stream):
         """Queues a SEND frame's envelopes for storage if that needs no waiting; False if it does
         (then :meth:`_on_send` handles the frame)."""
         relay = self.relay
-        if self._queued() >= self.settings.max_in_flight or not relay.all_cached(frame.envelopes):
+        settings = self.settings
+        if (
+            self._queued() >= settings.max_in_flight
+            or settings.unstored.full
+            or not relay.all_cached(frame.envelopes)
+        ):
             return False
         if not self._limiter.take(len(frame.envelopes), self.last_frame):
             self._refuse_rate(frame)
@@ -552,6 +558,7 @@ class Connection(Stream):
     def _queue(self, screened: Screened) -> None:
         """Stores screened envelopes: at once where the storage numbers them before writing
         (SQLite), else through the store loop (started if it is not running)."""
+        self.settings.unstored.take(screened.size)
         self._storing += 1  # first: _stored may be called before store_soon returns
         if self.relay.store_soon(screened, self._stored):
             return
@@ -560,12 +567,13 @@ class Connection(Stream):
         if self._store_task is None or self._store_task.done():
             self._store_task = self.loop.create_task(self._store_loop())
 
-    def _stored(self, results: list[tuple[bytes, f.SendStatus]]) -> None:
+    def _stored(self, screened: Screened) -> None:
         """A frame's envelopes are durable (Relay.store_soon): their statuses go out with the next
         flush. Frames are answered as they become durable, not in the order they came (clients match
         statuses by envelope id): one held for its recipient's receipt holds up no other."""
         self._storing -= 1
-        self._results += results
+        self._results += screened.results
+        self.settings.unstored.give(screened.size)
         self._schedule()
         if self._room is not None and self._queued() < self.settings.max_in_flight and not self._room.done():
             self._room.set_result(None)
@@ -585,10 +593,14 @@ class Connection(Stream):
             return
         # Pipelined: the next frame is read while earlier ones are being committed; frames that
         # arrive meanwhile are stored together in one append. At most max_in_flight frames wait to
-        # be stored (then this connection stops reading and TCP pushes back on the client).
-        while self._queued() >= self.settings.max_in_flight:
-            self._room = self.loop.create_future()
-            await self._room
+        # be stored, and while the server-wide budget of unstored bytes is spent none is taken (then
+        # this connection stops reading and TCP pushes back on the client).
+        settings = self.settings
+        while self._queued() >= settings.max_in_flight or settings.unstored.full:
+            room = self._room = self.loop.create_future()
+            if settings.unstored.full:
+                settings.unstored.wait(room)
+            await room
         # Appended after the await (the store loop may swap the list meanwhile).
         self._queue(await self.relay.screen(frame.envelopes))
 
@@ -606,6 +618,7 @@ class Connection(Stream):
                 log.exception("storing failed")
                 results = [(envelope_id, f.SendStatus.UNAVAILABLE) for envelope_id, _ in screened.results]
             self._results.extend(results)
+            self.settings.unstored.give(screened.size)
             self.relay.metrics.send_acknowledged(time.perf_counter() - started)
             self._schedule()
 
@@ -765,6 +778,7 @@ class StreamSettings:
         "max_in_flight",
         "send_burst",
         "send_rate",
+        "unstored",
         "write_timeout",
     )
 
@@ -778,6 +792,7 @@ class StreamSettings:
         max_in_flight: int = 1024,
         write_timeout: float = 30.0,
         heartbeat: float = 30.0,
+        max_unstored_bytes: int = 32 * 1024 * 1024,
     ) -> None:
         self.heartbeat = heartbeat
         self.handshake_timeout = handshake_timeout
@@ -786,6 +801,8 @@ class StreamSettings:
         self.send_burst = send_burst
         self.max_in_flight = max_in_flight
         self.write_timeout = write_timeout
+        self.unstored = UnstoredBudget(max_unstored_bytes)
+        """Shared by every connection of the server (one StreamSettings per server)."""
 
 
 __all__ = ["Connection", "StreamSettings"]
