@@ -26,19 +26,7 @@ from kluis.relay.websocket import (
     unmask,
     unmask_int,
 )
-
-
-def client_frame(opcode: int, payload: bytes, *, fin: bool = True, mask: bytes | None = None) -> bytes:
-    mask = os.urandom(4) if mask is None else mask
-    n = len(payload)
-    head = bytes([(0x80 if fin else 0) | opcode])
-    if n < 126:
-        head += bytes([0x80 | n])
-    elif n < 0x10000:
-        head += bytes([0x80 | 126]) + n.to_bytes(2, "big")
-    else:
-        head += bytes([0x80 | 127]) + n.to_bytes(8, "big")
-    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+from tests.websocket_support import client_frame
 
 
 def fragments(opcode: int, payload: bytes, cuts: list[int]) -> list[bytes]:

@@ -35,6 +35,7 @@ from kluis.server.storage._sqlite_mailbox import DISCARD_WAIT_S
 from kluis.server.storage.base import epoch_day
 from tests.server_process import ServerProcess, admin_codes
 from tests.server_support import Remote, User, new_user
+from tests.websocket_support import RawWebSocket, client_frame
 
 MAX_FRAME = 200_000
 TIMEOUT_S = 0.6
@@ -517,6 +518,98 @@ def test_a_mailbox_that_never_reads_is_cut_off_and_others_are_not(relay: Relay) 
     # (8 MiB), the senders' unstored frames (4 MiB here) and each sender's inbox (1 MiB): 18 MiB,
     # plus what the allocator keeps. Unbounded, it grew by up to 39 MB on a busy machine.
     assert grew[0] < 24 * 1024 * 1024, f"server RSS grew by {grew[0] >> 20} MB"
+
+
+# -- several frames in one read -----------------------------------------------------------------------
+
+
+async def sending_socket(relay: Relay) -> RawWebSocket:
+    """A sending stream on a raw socket, past OPEN_SEND: frames written to it in one write arrive in
+    one read (the server stores a read's SEND frames together)."""
+    ws = await RawWebSocket.connect(relay.url + "/v1/stream")
+    assert isinstance(f.parse((await ws.message())[1]), f.Challenge)
+    await ws.write(client_frame(2, f.serialize(f.OpenSend(relay.send_pass.day, relay.send_pass.send_pass))))
+    return ws
+
+
+async def statuses_until(ws: RawWebSocket, count: int) -> tuple[dict[bytes, f.SendStatus], list[f.Frame]]:
+    statuses: dict[bytes, f.SendStatus] = {}
+    others: list[f.Frame] = []
+    while len(statuses) < count:
+        opcode, payload = await ws.message()
+        assert opcode == 2, (opcode, payload)
+        frame = f.parse(payload)
+        if isinstance(frame, f.SendResult):
+            statuses.update(frame.results)
+        else:
+            others.append(frame)
+    return statuses, others
+
+
+async def drained_ids(user: User) -> list[bytes]:
+    """The envelope ids in the user's mailbox, in seq order (receipted, so the mailbox is empty after)."""
+    mailbox = await user.connect()
+    ids: list[bytes] = []
+    while not isinstance(frame := await mailbox.receive(timeout=10), f.Drained):
+        if isinstance(frame, f.Deliver):
+            ids += [d.envelope_id for d in frame.deliveries]
+            await mailbox.send(f.Receipt(tuple(d.seq for d in frame.deliveries)))
+    await mailbox.close()
+    return ids
+
+
+def test_send_frames_in_one_read_are_each_answered_and_keep_their_order(relay: Relay) -> None:
+    """Seven SEND frames in one TCP write, the middle one also to an account the server has not
+    cached (that frame must wait for the database): each envelope gets its own status, and the
+    recipient's mailbox holds them in the order they were sent, the waiting frame's included."""
+    carol = relay.users[2]
+
+    async def case(session: aiohttp.ClientSession) -> None:
+        ws = await sending_socket(relay)
+        to_carol = [
+            f.OutgoingEnvelope(os.urandom(16), carol.account, carol.token, b"p" * 64) for _ in range(7)
+        ]
+        unknown = f.OutgoingEnvelope(os.urandom(16), os.urandom(16), os.urandom(32), b"q" * 64)
+        frames = [f.Send((e,)) for e in to_carol]
+        frames[3] = f.Send((to_carol[3], unknown))
+        await ws.write(b"".join(client_frame(2, f.serialize(frame)) for frame in frames))
+        statuses, others = await statuses_until(ws, len(to_carol) + 1)
+        assert others == []
+        assert statuses == {
+            **{e.envelope_id: f.SendStatus.OK for e in to_carol},
+            unknown.envelope_id: f.SendStatus.REJECTED,
+        }
+        await ws.close()
+        assert await drained_ids(carol) == [e.envelope_id for e in to_carol]
+
+    run(relay, case)
+
+
+def test_send_frames_before_a_malformed_one_in_the_same_read_are_stored_and_answered(relay: Relay) -> None:
+    """The frames a read held before the bad one were accepted: they are stored and answered before
+    the ERROR, and nothing after the bad frame is."""
+    carol = relay.users[2]
+
+    async def case(session: aiohttp.ClientSession) -> None:
+        ws = await sending_socket(relay)
+        good = [f.OutgoingEnvelope(os.urandom(16), carol.account, carol.token, b"g" * 64) for _ in range(3)]
+        after = f.OutgoingEnvelope(os.urandom(16), carol.account, carol.token, b"a" * 64)
+        stream = b"".join(client_frame(2, f.serialize(f.Send((e,)))) for e in good)
+        stream += client_frame(2, b"\x01\x04\x00\x00")  # a RECEIPT of no seqs: malformed
+        stream += client_frame(2, f.serialize(f.Send((after,))))
+        await ws.write(stream)
+        statuses, others = await statuses_until(ws, len(good))
+        assert statuses == {e.envelope_id: f.SendStatus.OK for e in good}
+        if not others:
+            _, payload = await ws.message()
+            others.append(f.parse(payload))
+        assert [type(x) for x in others] == [f.Error]
+        assert isinstance(others[0], f.Error)
+        assert others[0].code is f.ErrorCode.MALFORMED
+        await ws.close()
+        assert await drained_ids(carol) == [e.envelope_id for e in good]
+
+    run(relay, case)
 
 
 async def connections(session: aiohttp.ClientSession, relay: Relay, kind: str) -> int:

@@ -120,7 +120,7 @@ class LocalFanOut:
         return len(self._sinks)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Screened:
     """Envelopes checked by :meth:`Relay.screen`: a status for each, and those to store."""
 
@@ -128,6 +128,8 @@ class Screened:
     accepted: list[tuple[int, StoredEnvelope]]
     size: int
     """Bytes of the accepted envelopes' ciphertexts (what storing them holds in memory)."""
+    frames: int = 1
+    """SEND frames they came in (a connection stores a read's frames together)."""
 
     @classmethod
     def merge(cls, parts: list[Screened]) -> Screened:
@@ -140,7 +142,7 @@ class Screened:
             offset = len(results)
             results += part.results
             accepted += [(index + offset, envelope) for index, envelope in part.accepted]
-        return cls(results, accepted, sum(part.size for part in parts))
+        return cls(results, accepted, sum(part.size for part in parts), sum(part.frames for part in parts))
 
 
 class _Known:
@@ -379,7 +381,7 @@ class Relay:
                 await self._known(AccountId(e.recipient))  # loads it into the cache, if it exists
         return self.screen_cached(envelopes)
 
-    def screen_cached(self, envelopes: tuple[f.OutgoingEnvelope, ...]) -> Screened:
+    def screen_cached(self, envelopes: Sequence[f.OutgoingEnvelope]) -> Screened:
         """:meth:`screen` without awaiting: a recipient not in the account cache is refused, so
         call it only when every recipient is cached (:meth:`all_cached`)."""
         results: SendResults = []

@@ -129,6 +129,17 @@ class Stream(asyncio.Protocol):
     def on_lost(self) -> None:
         """The transport is gone (after the close, or the client vanished)."""
 
+    def on_read_done(self) -> None:
+        """The binary messages handled since the last call are all there is for now: the read is
+        handled, or the next message waits for them (a subclass that gathers work does it now).
+        May raise, like :meth:`on_binary`."""
+
+    def _read_done(self) -> None:
+        try:
+            self.on_read_done()
+        except Exception as error:
+            self.on_failure(error)
+
     # -- state ----------------------------------------------------------------------------------
 
     @property
@@ -169,7 +180,7 @@ class Stream(asyncio.Protocol):
         self.last_frame = self.loop.time()
         for opcode, payload in messages:
             if self._ending():  # a message before this one ended the connection
-                return
+                break
             if self._inbox is not None:
                 self._inbox.append((opcode, payload))
                 self._inbox_bytes += len(payload)
@@ -183,6 +194,7 @@ class Stream(asyncio.Protocol):
             if pending is not None:
                 self._inbox = collections.deque()
                 self._slow_task = self.loop.create_task(self._handle_in_order(pending))
+        self._read_done()
 
     def _after_close(self, data: bytes) -> None:
         """Once the connection is ending, only the client's CLOSE matters; anything else is dropped."""
@@ -203,6 +215,7 @@ class Stream(asyncio.Protocol):
             except Exception as error:
                 self.on_failure(error)
                 return None
+        self._read_done()  # what the messages before this one left to do comes first
         if opcode is Opcode.PING:
             self._transport.write(frame_header(Opcode.PONG, len(payload)) + payload)
         elif opcode is Opcode.CLOSE:  # echoed (section 5.5.1), then the transport closes
@@ -235,6 +248,7 @@ class Stream(asyncio.Protocol):
                     opcode, payload = inbox.popleft()
                     self._inbox_bytes -= len(payload)
                     next_pending = self._on_message(opcode, payload)
+                self._read_done()
                 if next_pending is None:
                     return
                 pending = next_pending

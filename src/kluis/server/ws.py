@@ -141,6 +141,8 @@ class Connection(Stream):
         "_fetch_again",
         "_fetches",
         "_flush_scheduled",
+        "_gathered",
+        "_gathered_frames",
         "_in_flight",
         "_in_flight_bytes",
         "_kind",
@@ -160,6 +162,7 @@ class Connection(Stream):
         "_tasks",
         "_to_store",
         "_typical_size",
+        "_unanswered",
         "_watchdog",
         "account",
         "relay",
@@ -215,7 +218,12 @@ class Connection(Stream):
         self._to_store: list[Screened] = []
         """Frames waiting for the store loop (storage that numbers envelopes only as it writes them)."""
         self._storing = 0
-        """Frames handed to Relay.store_soon and not yet answered."""
+        """Stores handed to Relay.store_soon and not yet answered."""
+        self._unanswered = 0
+        """Frames queued for storage and not yet answered (max_in_flight bounds them)."""
+        self._gathered: list[f.OutgoingEnvelope] = []
+        self._gathered_frames = 0
+        """SEND frames of the read being handled, stored together once it is (on_read_done)."""
         self._stored_all: asyncio.Future[None] | None = None
         self._room: asyncio.Future[None] | None = None
         self._store_task: asyncio.Future[None] | None = None
@@ -509,11 +517,13 @@ class Connection(Stream):
             if self._send_now(frame):  # type: ignore[arg-type]
                 self.state = new_state
                 return None
+            self.on_read_done()  # the frames gathered before this one are stored first
             return self._then(self._on_send(frame), new_state)  # type: ignore[arg-type]
         if kind is f.FrameType.RECEIPT:  # the other frame of every delivery: nothing to await
             self._on_receipt(frame)  # type: ignore[arg-type]
             self.state = new_state
             return None
+        self.on_read_done()
         return self._then(self._dispatch(frame), new_state)
 
     async def _then(self, work: Coroutine[None, None, None], new_state: State) -> None:
@@ -535,12 +545,19 @@ class Connection(Stream):
             await self._on_get_pass()
 
     def _send_now(self, frame: f.Send) -> bool:
-        """Queues a SEND frame's envelopes for storage if that needs no waiting; False if it does
-        (then :meth:`_on_send` handles the frame)."""
+        """Takes a SEND frame's envelopes for storage if that needs no waiting; False if it does
+        (then :meth:`_on_send` handles the frame).
+
+        They are gathered, not stored yet: the SEND frames of one read are screened and stored
+        together once the read is handled (:meth:`on_read_done`). A busy client's frames come in
+        bursts (each SEND_RESULT frees room for a burst of new frames, which arrive in one read),
+        and what costs is per store, not per envelope: one staging, one push to each recipient, one
+        hold, one receipt, one answer for the burst instead of one per frame.
+        """
         relay = self.relay
         settings = self.settings
         if (
-            self._queued() >= settings.max_in_flight
+            self._unanswered + self._gathered_frames >= settings.max_in_flight
             or settings.unstored.full
             or not relay.all_cached(frame.envelopes)
         ):
@@ -548,17 +565,28 @@ class Connection(Stream):
         if not self._limiter.take(len(frame.envelopes), self.last_frame):
             self._refuse_rate(frame)
             return True
-        self._queue(relay.screen_cached(frame.envelopes))
+        self._gathered += frame.envelopes
+        self._gathered_frames += 1
         return True
+
+    def on_read_done(self) -> None:
+        """Stores the SEND frames gathered while handling a read (or before a frame that must wait:
+        the order of frames is kept)."""
+        if self._gathered_frames:
+            envelopes, self._gathered = self._gathered, []
+            frames, self._gathered_frames = self._gathered_frames, 0
+            self._queue(self.relay.screen_cached(envelopes), frames)
 
     def _queued(self) -> int:
         """Frames received and not yet answered."""
-        return len(self._to_store) + self._storing
+        return self._unanswered + self._gathered_frames
 
-    def _queue(self, screened: Screened) -> None:
-        """Stores screened envelopes: at once where the storage numbers them before writing
-        (SQLite), else through the store loop (started if it is not running)."""
+    def _queue(self, screened: Screened, frames: int = 1) -> None:
+        """Stores screened envelopes (of ``frames`` SEND frames): at once where the storage numbers
+        them before writing (SQLite), else through the store loop (started if it is not running)."""
         self.settings.unstored.take(screened.size)
+        self._unanswered += frames
+        screened.frames = frames
         self._storing += 1  # first: _stored may be called before store_soon returns
         if self.relay.store_soon(screened, self._stored):
             return
@@ -567,16 +595,22 @@ class Connection(Stream):
         if self._store_task is None or self._store_task.done():
             self._store_task = self.loop.create_task(self._store_loop())
 
-    def _stored(self, screened: Screened) -> None:
-        """A frame's envelopes are durable (Relay.store_soon): their statuses go out with the next
-        flush. Frames are answered as they become durable, not in the order they came (clients match
-        statuses by envelope id): one held for its recipient's receipt holds up no other."""
-        self._storing -= 1
+    def _answered(self, screened: Screened) -> None:
+        """Frames are answered: their statuses go out with the next flush, and their room and bytes
+        come back."""
         self._results += screened.results
+        self._unanswered -= screened.frames
         self.settings.unstored.give(screened.size)
         self._schedule()
         if self._room is not None and self._queued() < self.settings.max_in_flight and not self._room.done():
             self._room.set_result(None)
+
+    def _stored(self, screened: Screened) -> None:
+        """Envelopes are durable (Relay.store_soon). Frames are answered as they become durable, not
+        in the order they came (clients match statuses by envelope id): one held for its
+        recipient's receipt holds up no other."""
+        self._storing -= 1
+        self._answered(screened)
         if not self._storing and self._stored_all is not None:
             if not self._stored_all.done():
                 self._stored_all.set_result(None)
@@ -608,8 +642,6 @@ class Connection(Stream):
         """Stores screened frames in arrival order, batching what queued up during each commit."""
         while self._to_store:
             batch, self._to_store = self._to_store, []
-            if self._room is not None and not self._room.done():
-                self._room.set_result(None)
             screened = Screened.merge(batch)
             started = time.perf_counter()
             try:
@@ -617,10 +649,9 @@ class Connection(Stream):
             except Exception:  # never leave a sender without an answer; details may be sensitive
                 log.exception("storing failed")
                 results = [(envelope_id, f.SendStatus.UNAVAILABLE) for envelope_id, _ in screened.results]
-            self._results.extend(results)
-            self.settings.unstored.give(screened.size)
+            screened.results = results
+            self._answered(screened)
             self.relay.metrics.send_acknowledged(time.perf_counter() - started)
-            self._schedule()
 
     def _on_receipt(self, frame: f.Receipt) -> None:
         # The window first: the delete below may complete sends whose other envelopes are then
