@@ -143,6 +143,7 @@ class Connection(Stream):
         "_flush_scheduled",
         "_gathered",
         "_gathered_frames",
+        "_gathered_to",
         "_in_flight",
         "_in_flight_bytes",
         "_kind",
@@ -224,6 +225,8 @@ class Connection(Stream):
         self._gathered: list[f.OutgoingEnvelope] = []
         self._gathered_frames = 0
         """SEND frames of the read being handled, stored together once it is (on_read_done)."""
+        self._gathered_to = b""
+        """Their recipient."""
         self._stored_all: asyncio.Future[None] | None = None
         self._room: asyncio.Future[None] | None = None
         self._store_task: asyncio.Future[None] | None = None
@@ -548,11 +551,14 @@ class Connection(Stream):
         """Takes a SEND frame's envelopes for storage if that needs no waiting; False if it does
         (then :meth:`_on_send` handles the frame).
 
-        They are gathered, not stored yet: the SEND frames of one read are screened and stored
-        together once the read is handled (:meth:`on_read_done`). A busy client's frames come in
-        bursts (each SEND_RESULT frees room for a burst of new frames, which arrive in one read),
-        and what costs is per store, not per envelope: one staging, one push to each recipient, one
-        hold, one receipt, one answer for the burst instead of one per frame.
+        Consecutive frames of one read to one recipient are gathered, not stored yet, and stored
+        together when the read is handled (:meth:`on_read_done`) or a frame to someone else comes.
+        A busy client's frames come in bursts (each SEND_RESULT frees room for a burst of new
+        frames, which arrive in one read), and what costs is per store, not per envelope: one
+        staging, one push, one hold, one receipt, one answer for the burst instead of one per frame.
+        Only frames to one recipient: the answer to a store waits for its slowest envelope, and a
+        recipient's envelopes are pushed, receipted or written together anyway; mixing recipients
+        would hold every frame's answer up to the slowest of them.
         """
         relay = self.relay
         settings = self.settings
@@ -562,11 +568,20 @@ class Connection(Stream):
             or not relay.all_cached(frame.envelopes)
         ):
             return False
-        if not self._limiter.take(len(frame.envelopes), self.last_frame):
+        envelopes = frame.envelopes
+        if not self._limiter.take(len(envelopes), self.last_frame):
             self._refuse_rate(frame)
             return True
-        self._gathered += frame.envelopes
-        self._gathered_frames += 1
+        to = envelopes[0].recipient
+        one_recipient = len(envelopes) == 1 or all(e.recipient == to for e in envelopes)
+        if self._gathered_frames and (to != self._gathered_to or not one_recipient):
+            self.on_read_done()
+        if one_recipient:
+            self._gathered += envelopes
+            self._gathered_frames += 1
+            self._gathered_to = to
+        else:
+            self._queue(relay.screen_cached(envelopes))
         return True
 
     def on_read_done(self) -> None:
