@@ -146,8 +146,9 @@ class ServerConfig(BaseSettings):
     """Envelopes a connection may send at once (token bucket size); at least one full frame."""
 
     max_in_flight: int = Field(default=1024, ge=1, le=1_000_000)
-    """Envelopes a connection may have outstanding (sent but not yet durable, or delivered but not yet
-    acknowledged). Beyond it the server stops reading from, or pushing to, that connection."""
+    """SEND frames a connection may have unanswered (received, not yet durable). Beyond it the server
+    stops reading from that connection. (What is pushed to a mailbox and not yet receipted has a
+    window of its own: 512 envelopes or 8 MiB.)"""
 
     max_unstored_mib: int = Field(default=32, ge=1, le=65_536)
     """Envelope bytes the server holds received and not yet durable, over all connections. Beyond it,
