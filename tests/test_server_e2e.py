@@ -73,6 +73,14 @@ def test_two_users_exchange_sealed_messages(tmp_path: Path) -> None:
                 [f.OutgoingEnvelope(bad, bob.account, os.urandom(32), envelope)]
             )
             assert wrong == {bad: f.SendStatus.REJECTED}
+            # Each envelope of a frame is checked, also beside one that passed to the same account
+            # (the relay checks a repeated recipient and token once).
+            ids = [os.urandom(16) for _ in range(4)]
+            tokens = [bob.token, os.urandom(32), bob.token, bob.token[:-1] + bytes([bob.token[-1] ^ 1])]
+            mixed = await sender.send_envelopes(
+                [f.OutgoingEnvelope(i, bob.account, t, envelope) for i, t in zip(ids, tokens, strict=True)]
+            )
+            assert mixed == dict(zip(ids, [f.SendStatus.OK, f.SendStatus.REJECTED] * 2, strict=True))
 
     run(scenario())
 

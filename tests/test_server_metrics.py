@@ -61,7 +61,7 @@ def exercise(m: Metrics) -> None:
     m.connection_refused("idle")
     m.frame_received(FrameType.SEND, 4000)
     m.frame_sent(FrameType.SEND_RESULT, 40)
-    m.envelope_accepted(132_213)
+    m.envelopes_accepted([132_213])
     m.envelopes("delivered", 3)
     m.send_rejected("rate_limited")
     m.commit(0.00007, 12)
@@ -138,16 +138,19 @@ def test_instances_do_not_share_a_registry() -> None:
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.floats(min_value=0, max_value=20, allow_nan=False) | st.sampled_from(LATENCY_BUCKETS)))
 def test_the_histogram_exposes_what_prometheus_clients_own_would(values: list[float]) -> None:
-    """metrics.Histogram (no lock per observation) against prometheus_client's Histogram, bucket
-    bounds included (le is "less than or equal")."""
+    """metrics.Histogram (no lock per observation; observe and observe_many) against
+    prometheus_client's Histogram, bucket bounds included (le is "less than or equal")."""
     ours_registry, reference_registry = CollectorRegistry(), CollectorRegistry()
     ours = Histogram("h_seconds", "A latency.", LATENCY_BUCKETS, ours_registry)
     reference = ReferenceHistogram(
         "h_seconds", "A latency.", buckets=LATENCY_BUCKETS, namespace="kluis", registry=reference_registry
     )
     for value in values:
-        ours.observe(value)
         reference.observe(value)
+    half = len(values) // 2
+    for value in values[:half]:
+        ours.observe(value)
+    ours.observe_many(values[half:])  # the batch form counts the same
 
     def samples(registry: CollectorRegistry) -> dict[tuple[str, str], float]:
         text = generate_latest(registry).decode()

@@ -94,6 +94,14 @@ class Histogram(Collector):
         self._counts[bisect_left(self._bounds, value)] += 1  # le: the first bound >= value
         self._sum += value
 
+    def observe_many(self, values: list[int] | list[float]) -> None:
+        """:meth:`observe` for each value (one call for a batch: a busy relay observes every
+        envelope's size)."""
+        counts, bounds = self._counts, self._bounds
+        for value in values:
+            counts[bisect_left(bounds, value)] += 1
+        self._sum += sum(values)
+
     def collect(self) -> Iterator[HistogramMetricFamily]:
         buckets: list[tuple[str, float]] = []
         cumulative = 0
@@ -252,10 +260,10 @@ class Metrics:
             raise KeyError(event)
         self._envelope_counts[event] = self._envelope_counts.get(event, 0) + count
 
-    def envelope_accepted(self, size: int) -> None:
-        """One envelope stored for delivery: counted and its size observed."""
-        self._envelope_counts["accepted"] = self._envelope_counts.get("accepted", 0) + 1
-        self.envelope_size.observe(size)
+    def envelopes_accepted(self, sizes: list[int]) -> None:
+        """Envelopes stored for delivery: counted and their sizes observed."""
+        self._envelope_counts["accepted"] = self._envelope_counts.get("accepted", 0) + len(sizes)
+        self.envelope_size.observe_many(sizes)
 
     def send_rejected(self, reason: RejectReason, count: int = 1) -> None:
         self._rejections[reason].inc(count)
