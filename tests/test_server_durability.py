@@ -205,6 +205,17 @@ def acknowledged(senders: list[Sender], stopped: int, context: str) -> set[bytes
     return acked
 
 
+def assert_all_acknowledged_reached_their_mailbox(
+    senders: list[Sender], acked: set[bytes], received: dict[bytes, Counter[bytes]], context: str
+) -> None:
+    """Every acknowledged envelope was received, and only by the account it was addressed to."""
+    lost = acked - set().union(*received.values())
+    assert not lost, (context, f"{len(lost)} acknowledged envelopes lost")
+    addressed = {e.envelope_id: e.recipient for s in senders for e in s.sent.values()}
+    for account, counts in received.items():
+        assert all(addressed[eid] == account for eid in counts), (context, "delivered to the wrong mailbox")
+
+
 def test_no_acknowledged_envelope_is_lost_or_doubled_across_sigkill(tmp_path: Path) -> None:
     seed, rng, data_dir, codes, server = scene(tmp_path)
     kills_at: list[float] = []
@@ -231,12 +242,8 @@ def test_no_acknowledged_envelope_is_lost_or_doubled_across_sigkill(tmp_path: Pa
         delivered.update(counts)
     doubled = [eid.hex()[:8] for eid, n in delivered.items() if n > 1]
     assert not doubled, (context, "delivered twice", doubled[:5])
-    lost = acked - set(delivered)
-    assert not lost, (context, f"{len(lost)} acknowledged envelopes lost")
+    assert_all_acknowledged_reached_their_mailbox(senders, acked, received, context)
     assert set(delivered) == acked, context
-    addressed = {e.envelope_id: e.recipient for s in senders for e in s.sent.values()}
-    for account, counts in received.items():
-        assert all(addressed[eid] == account for eid in counts), (context, "delivered to the wrong mailbox")
     conn = sqlite3.connect(f"file:{data_dir / 'kluis.db'}?mode=ro", uri=True)
     try:
         assert conn.execute("SELECT count(*) FROM mailbox").fetchone() == (0,), context
@@ -280,9 +287,4 @@ def test_no_envelope_acknowledged_to_a_connected_recipient_is_lost_across_sigkil
         stopped = server.stop()
     context = f"seed={seed} kills at {kills_at} s"
     acked = acknowledged(senders, stopped, context)
-    stored = set().union(*stores.values())
-    lost = acked - stored
-    assert not lost, (context, f"{len(lost)} acknowledged envelopes lost")
-    addressed = {e.envelope_id: e.recipient for s in senders for e in s.sent.values()}
-    for account, counts in stores.items():
-        assert all(addressed[eid] == account for eid in counts), (context, "delivered to the wrong mailbox")
+    assert_all_acknowledged_reached_their_mailbox(senders, acked, stores, context)

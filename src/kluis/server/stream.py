@@ -97,8 +97,8 @@ class Stream(asyncio.Protocol):
         self._frames: list[bytes] = []
         """Binary messages owed to the client, written by :meth:`emit`."""
         self._inbox: collections.deque[tuple[Opcode, bytes]] | None = None
-        self._inbox_bytes = 0
         """Messages waiting while one is awaited (None: none is, handle them as they come)."""
+        self._inbox_bytes = 0
         self._slow_task: asyncio.Task[None] | None = None
         self._reading_paused = False
         self._write_paused = False
@@ -211,10 +211,13 @@ class Stream(asyncio.Protocol):
     def _on_message(self, opcode: Opcode, payload: bytes) -> Pending | None:
         if opcode is Opcode.BINARY:
             try:
-                return self.on_binary(payload)
+                pending = self.on_binary(payload)
             except Exception as error:
                 self.on_failure(error)
                 return None
+            if pending is not None:  # it waits: what the messages before it left to do comes first
+                self._read_done()
+            return pending
         self._read_done()  # what the messages before this one left to do comes first
         if opcode is Opcode.PING:
             self._transport.write(frame_header(Opcode.PONG, len(payload)) + payload)

@@ -143,7 +143,6 @@ class Connection(Stream):
         "_flush_scheduled",
         "_gathered",
         "_gathered_frames",
-        "_gathered_to",
         "_in_flight",
         "_in_flight_bytes",
         "_kind",
@@ -224,9 +223,8 @@ class Connection(Stream):
         """Frames queued for storage and not yet answered (max_in_flight bounds them)."""
         self._gathered: list[f.OutgoingEnvelope] = []
         self._gathered_frames = 0
-        """SEND frames of the read being handled, stored together once it is (on_read_done)."""
-        self._gathered_to = b""
-        """Their recipient."""
+        """SEND frames of the read being handled, all to one recipient, stored together once it is
+        (on_read_done)."""
         self._stored_all: asyncio.Future[None] | None = None
         self._room: asyncio.Future[None] | None = None
         self._store_task: asyncio.Future[None] | None = None
@@ -520,13 +518,11 @@ class Connection(Stream):
             if self._send_now(frame):  # type: ignore[arg-type]
                 self.state = new_state
                 return None
-            self.on_read_done()  # the frames gathered before this one are stored first
             return self._then(self._on_send(frame), new_state)  # type: ignore[arg-type]
         if kind is f.FrameType.RECEIPT:  # the other frame of every delivery: nothing to await
             self._on_receipt(frame)  # type: ignore[arg-type]
             self.state = new_state
             return None
-        self.on_read_done()
         return self._then(self._dispatch(frame), new_state)
 
     async def _then(self, work: Coroutine[None, None, None], new_state: State) -> None:
@@ -563,7 +559,7 @@ class Connection(Stream):
         relay = self.relay
         settings = self.settings
         if (
-            self._unanswered + self._gathered_frames >= settings.max_in_flight
+            self._queued() >= settings.max_in_flight
             or settings.unstored.full
             or not relay.all_cached(frame.envelopes)
         ):
@@ -574,12 +570,11 @@ class Connection(Stream):
             return True
         to = envelopes[0].recipient
         one_recipient = len(envelopes) == 1 or all(e.recipient == to for e in envelopes)
-        if self._gathered_frames and (to != self._gathered_to or not one_recipient):
+        if self._gathered_frames and (to != self._gathered[0].recipient or not one_recipient):
             self.on_read_done()
         if one_recipient:
             self._gathered += envelopes
             self._gathered_frames += 1
-            self._gathered_to = to
         else:
             self._queue(relay.screen_cached(envelopes))
         return True
@@ -589,19 +584,20 @@ class Connection(Stream):
         the order of frames is kept)."""
         if self._gathered_frames:
             envelopes, self._gathered = self._gathered, []
-            frames, self._gathered_frames = self._gathered_frames, 0
-            self._queue(self.relay.screen_cached(envelopes), frames)
+            screened = self.relay.screen_cached(envelopes)
+            screened.frames, self._gathered_frames = self._gathered_frames, 0
+            self._queue(screened)
 
     def _queued(self) -> int:
         """Frames received and not yet answered."""
         return self._unanswered + self._gathered_frames
 
-    def _queue(self, screened: Screened, frames: int = 1) -> None:
-        """Stores screened envelopes (of ``frames`` SEND frames): at once where the storage numbers
-        them before writing (SQLite), else through the store loop (started if it is not running)."""
+    def _queue(self, screened: Screened) -> None:
+        """Stores screened envelopes (of ``screened.frames`` SEND frames): at once where the storage
+        numbers them before writing (SQLite), else through the store loop (started if it is not
+        running)."""
         self.settings.unstored.take(screened.size)
-        self._unanswered += frames
-        screened.frames = frames
+        self._unanswered += screened.frames
         self._storing += 1  # first: _stored may be called before store_soon returns
         if self.relay.store_soon(screened, self._stored):
             return
