@@ -319,12 +319,15 @@ class Day:
         return self.timed and self.done is not None and not self.done.done()
 
     def check_done(self) -> None:
+        # Answered as well as delivered: a held envelope's OK follows its recipient's receipt, so
+        # the last deliveries come before the last acknowledgements.
         if (
             self.done is not None
             and not self.done.done()
             and self.cursor == self.messages
             and not self.retry
             and self.delivered_count + self.refused >= self.messages
+            and self.acked_count + self.refused >= self.messages
         ):
             self.done.set_result(None)
 
