@@ -10,6 +10,7 @@ import stat
 from pathlib import Path
 
 import pytest
+import uvloop
 
 from kluis.server.storage import SchemaTooNew, StorageError, StoredEnvelope, database_path, open_storage
 from kluis.server.storage._sqlite_db import SCHEMA_COMPAT_VERSION, SCHEMA_VERSION
@@ -368,6 +369,39 @@ def test_only_the_receipted_envelopes_of_a_frame_are_never_written(tmp_path: Pat
         await s.close()
 
     asyncio.run(main())
+
+
+def test_the_held_envelopes_timer_fires_once_per_deadline_on_uvloop(tmp_path: Path) -> None:
+    """uvloop rounds a timer's delay to whole milliseconds, so a timer for a deadline a fraction of
+    a millisecond ahead fires while the clock still reads before it; re-armed for the same deadline
+    it spun for up to a millisecond each time (about 150 firings per deadline, a fifth of the
+    relay's CPU at W2's 500 msg/s). Twenty holds a few tenths of a millisecond apart: each wait ends
+    with one firing, maybe two."""
+    calls = 0
+
+    async def main() -> None:
+        nonlocal calls
+        s = await _open(tmp_path / "kluis.db")
+        s.mailbox.receipt_wait = 0.01
+        release = s.mailbox._release
+
+        def counted() -> None:
+            nonlocal calls
+            calls += 1
+            release()
+
+        s.mailbox._release = counted  # type: ignore[method-assign]
+        outcomes = []
+        for k in range(20):
+            _, outcome = await _staged(s, 1, hold=(0, 1))
+            outcomes.append(outcome)
+            await asyncio.sleep(0.0003 * (k % 7))
+        await asyncio.sleep(0.1)
+        assert all(o == [True] for o in outcomes)  # every held envelope was written in the end
+        await s.close()
+
+    uvloop.run(main())
+    assert 1 <= calls <= 40
 
 
 def test_a_fetch_writes_its_mailboxs_held_envelopes_first(tmp_path: Path) -> None:

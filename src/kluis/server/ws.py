@@ -21,6 +21,7 @@ from kluis.relay import frames as f
 from kluis.relay.connection import FrameNotAllowed, State, next_state
 from kluis.relay.websocket import CloseCode
 from kluis.server.budget import UnstoredBudget
+from kluis.server.clock import reached
 from kluis.server.errors import AuthFailed, RelayError, Revoked, SubscriptionExpired, Unavailable
 from kluis.server.metrics import ConnectionKind
 from kluis.server.relay import Relay, Screened
@@ -781,11 +782,12 @@ class Connection(Stream):
         limit = (
             self.settings.handshake_timeout if self.state is State.AWAIT_HELLO else self.settings.idle_timeout
         )
-        remaining = self.last_frame + limit - loop.time()
-        if remaining > 0 and self.state is not State.AWAIT_HELLO:
-            self._watchdog = loop.call_later(remaining, self._check_idle)
+        now = loop.time()
+        deadline = self.last_frame + limit
+        if not reached(deadline, now) and self.state is not State.AWAIT_HELLO:
+            self._watchdog = loop.call_later(deadline - now, self._check_idle)
             return
-        if remaining > 0:  # the hello arrived and the state moved on meanwhile: now idle rules
+        if not reached(deadline, now):  # the hello arrived and the state moved on meanwhile: now idle rules
             self._watchdog = loop.call_later(self.settings.idle_timeout, self._check_idle)
             return
         self.relay.metrics.connection_refused(

@@ -20,6 +20,7 @@ import logging
 import sqlite3
 from collections.abc import Callable
 
+from kluis.server.clock import reached
 from kluis.server.storage._sqlite_db import SqliteDatabase
 from kluis.server.storage.base import AccountId, MailboxItem, StorageError, StoredEnvelope, UnknownAccount
 
@@ -347,7 +348,7 @@ class SqliteMailboxStore:
         self._timer = None
         held = self._held
         now = self._db.loop().time()
-        while held and held[0][0] <= now:
+        while held and reached(held[0][0], now):
             _, staged, start, end = held.popleft()
             if staged._left > 0:  # else every row was receipted already (or failed)
                 self._write_held(staged, start, end)
