@@ -50,7 +50,10 @@ def test_quick_bench_prints_the_contract_and_loses_nothing(tmp_path: Path) -> No
         for key in keys:
             assert isinstance(result[workload][key], int | float), (workload, key)
     assert result["w3"]["lost"] == 0
-    assert result["w3"]["stored"] == 200
+    assert result["w3"]["stored"] == 400  # two rounds of 200
+    rounds = result["w3"]["rounds"]
+    assert [r["stored"] for r in rounds] == [200, 200]
+    assert result["w3"]["store_per_s"] in {r["store_per_s"] for r in rounds}
     assert result["w4"]["held"] == 50
     assert result["w1"]["msgs_per_s"] > 0
     assert result["w1_batched"]["msgs_per_s"] > 0

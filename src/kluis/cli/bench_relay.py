@@ -13,7 +13,7 @@ import click
     "--json", "as_json", is_flag=True, help="Print one JSON object on one line (default: indented)."
 )
 @click.option(
-    "--quick", is_flag=True, help="Tiny parameters for a smoke test (2 pairs, 1 s, 200 envelopes, 50 idle)."
+    "--quick", is_flag=True, help="Tiny parameters for a smoke test (2 pairs, 1 s, 2 x 200 envelopes, 50 idle)."
 )
 @click.option("--seconds", type=click.FloatRange(0.1), help="Measured seconds of W1 and W2 [20].")
 @click.option("--warmup", type=click.FloatRange(0), help="Warm-up seconds before each W1/W2 window [5].")
@@ -24,6 +24,11 @@ import click
     "--w3-envelopes", type=click.IntRange(1), help="Envelopes W3 stores for offline accounts [20000]."
 )
 @click.option("--w3-recipients", type=click.IntRange(1, 1000), help="Offline accounts of W3 [20].")
+@click.option(
+    "--w3-rounds",
+    type=click.IntRange(1, 100),
+    help="Times W3 runs, each with fresh offline accounts; the median round is reported [5].",
+)
 @click.option("--w4-connections", type=click.IntRange(1, 100_000), help="Idle connections of W4 [10000].")
 @click.option("--w4-seconds", type=click.FloatRange(0), help="How long W4 holds them [60].")
 @click.option("--only", "workloads", help="Comma-separated subset of w1,w1_batched,w2,w3,w4 [all].")
