@@ -9,7 +9,7 @@ import pytest
 from kluis.protocol.bundle import PreKeyBundle
 from kluis.protocol.errors import BadSignature, DecodeError, PreKeyNotFound, UnsupportedVersion
 from kluis.protocol.handshake import INFO, InitialMessage, accept, initiate
-from kluis.protocol.keys import IdentityKeyPair, KeyKind, SignedPublicKey
+from kluis.protocol.keys import IdentityKeyPair, IdentityPublicKey, KeyKind, SignedPublicKey
 from kluis.protocol.prekeys import LocalPreKeys
 from kluis.protocol.rng import DeterministicRng
 from tests.reference.pqxdh import responder_secret
@@ -141,6 +141,21 @@ class TestBundleVerification:
         data[1 + 32 : 1 + 64] = mallory.identity.public.dh  # swap the X25519 identity key
         with pytest.raises(BadSignature):
             PreKeyBundle.from_bytes(bytes(data))
+
+    def test_a_stored_identity_is_parsed_like_a_received_one_but_its_binding_not_reverified(self) -> None:
+        """The relay's account table holds identities whose binding was verified at registration."""
+        bob, mallory = make_party(b"bob"), make_party(b"mallory")
+        data = bob.identity.public.to_bytes()
+        assert IdentityPublicKey.from_stored_bytes(data) == IdentityPublicKey.from_bytes(data)
+        swapped = data[:33] + mallory.identity.public.dh + data[65:]
+        with pytest.raises(BadSignature):
+            IdentityPublicKey.from_bytes(swapped)
+        assert IdentityPublicKey.from_stored_bytes(swapped).dh == mallory.identity.public.dh
+        for bad in (data[:-1], data + b"\x00", b""):
+            with pytest.raises(DecodeError):
+                IdentityPublicKey.from_stored_bytes(bad)
+        with pytest.raises(UnsupportedVersion):
+            IdentityPublicKey.from_stored_bytes(b"\x02" + data[1:])
 
     def test_bundle_round_trip_and_malformed(self) -> None:
         bundle = make_party(b"bob").bundle()

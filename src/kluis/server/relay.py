@@ -146,9 +146,9 @@ class Screened:
 
 
 class _Known:
-    """A cached account. Its identity key is parsed (and its binding checked, one Ed25519
-    verification) only when first needed: authentication and revocation use it, while most cached
-    accounts are there for the token check of envelopes sent to them."""
+    """A cached account. Its identity key is parsed only when first needed: authentication and
+    revocation use it, while most cached accounts are there for the token check of envelopes sent
+    to them. Its binding was verified at registration, so it is not verified again here."""
 
     __slots__ = ("_identity", "account")
 
@@ -159,7 +159,7 @@ class _Known:
     @property
     def identity(self) -> IdentityPublicKey:
         if self._identity is None:
-            self._identity = IdentityPublicKey.from_bytes(self.account.identity)
+            self._identity = IdentityPublicKey.from_stored_bytes(self.account.identity)
         return self._identity
 
 
