@@ -13,7 +13,9 @@ import click
     "--json", "as_json", is_flag=True, help="Print one JSON object on one line (default: indented)."
 )
 @click.option(
-    "--quick", is_flag=True, help="Tiny parameters for a smoke test (2 pairs, 1 s, 2 x 200 envelopes, 50 idle)."
+    "--quick",
+    is_flag=True,
+    help="Tiny parameters for a smoke test (2 pairs, 1 s, 2 x 200 envelopes, 50 idle).",
 )
 @click.option("--seconds", type=click.FloatRange(0.1), help="Measured seconds of W1 and W2 [20].")
 @click.option("--warmup", type=click.FloatRange(0), help="Warm-up seconds before each W1/W2 window [5].")

@@ -132,7 +132,7 @@ def server(
         raise click.ClickException(str(exc)) from None
 
     configure_logging(config.log_level)
-    from kluis.server.fanout import FanOutError
+    from kluis.server.errors import FanOutError
     from kluis.server.runner import run
     from kluis.server.storage.base import StorageError
 

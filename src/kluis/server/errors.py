@@ -11,6 +11,10 @@
     ├── Revoked               the account was revoked; carries the signed statement (410)
     ├── NoBundle              the account has not uploaded its keys yet (404)
     └── Unavailable           storage failed; nothing was changed, try again (503)
+
+FanOutError is not a RelayError: it stops a node from starting and is shown to the operator only.
+It lives here rather than in fanout.py so that ``kluis server`` can catch it without importing the
+Redis client (a quarter of a second of every start) when no Redis is configured.
 """
 
 from __future__ import annotations
@@ -91,3 +95,7 @@ class Unavailable(RelayError):
 
     def __init__(self) -> None:
         super().__init__("storage unavailable; nothing was changed, try again")
+
+
+class FanOutError(Exception):
+    """The fan-out cannot start (the message is one line for the operator)."""

@@ -46,6 +46,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from kluis.server.errors import FanOutError
 from kluis.server.metrics import Metrics
 from kluis.server.relay import MailboxSink
 from kluis.server.storage.base import AccountId, MailboxItem
@@ -150,10 +151,6 @@ return 1
 
 def _text(value: bytes | str) -> str:
     return value.decode("ascii", "replace") if isinstance(value, bytes) else value
-
-
-class FanOutError(Exception):
-    """The fan-out cannot start (the message is one line for the operator)."""
 
 
 def service_digest(pass_secret: bytes, certificate: bytes) -> str:
