@@ -379,6 +379,8 @@ class SqliteMailboxStore:
         new connection of the mailbox, draining, must find those pushed to the one it replaced)."""
         kept: collections.deque[tuple[float, Staged, int, int]] = collections.deque()
         for group in self._held:
+            if group[1]._left <= 0:  # settled (every held row receipted) or failed: nothing to write
+                continue
             if group[1].rows[group[2]][0] == recipient:
                 self._write_held(*group[1:])
             else:
@@ -396,7 +398,8 @@ class SqliteMailboxStore:
         held, self._held = self._held, collections.deque()
         self._holding.clear()
         for _, staged, start, end in held:
-            self._write_held(staged, start, end)
+            if staged._left > 0:
+                self._write_held(staged, start, end)
 
     async def fetch(self, recipient: AccountId, after_seq: int, limit: int) -> list[MailboxItem]:
         if self._holding.get(recipient, 0.0) >= self._db.loop().time():
@@ -430,6 +433,11 @@ class SqliteMailboxStore:
             else:
                 staged.elided.add(index)
             staged._settled(1)
+            if staged._left == 0:
+                # Every row is durable, and what is still held was receipted: the rows are let go
+                # now, while they are still in the CPU's caches, rather than with the held entry
+                # at the end of its wait (freeing them then was a tenth of W1 batched's CPU).
+                staged.rows = staged.items = []
         return rest
 
     def forget(self, recipient: AccountId) -> None:
