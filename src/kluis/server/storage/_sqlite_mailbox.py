@@ -437,7 +437,7 @@ class SqliteMailboxStore:
                 # Every row is durable, and what is still held was receipted: the rows are let go
                 # now, while they are still in the CPU's caches, rather than with the held entry
                 # at the end of its wait (freeing them then was a tenth of W1 batched's CPU).
-                staged.rows = staged.items = []
+                staged.rows, staged.items = [], []
         return rest
 
     def forget(self, recipient: AccountId) -> None:
