@@ -350,8 +350,7 @@ class SqliteMailboxStore:
         now = self._db.loop().time()
         while held and reached(held[0][0], now):
             _, staged, start, end = held.popleft()
-            if staged._left > 0:  # else every row was receipted already (or failed)
-                self._write_held(staged, start, end)
+            self._write_held(staged, start, end)
         if held:
             self._timer = self._db.loop().call_at(held[0][0], self._release)
             if len(self._holding) > 2 * len(held) + 1_000:  # forget recipients no longer held
@@ -360,6 +359,8 @@ class SqliteMailboxStore:
             self._holding.clear()
 
     def _write_held(self, staged: Staged, start: int, end: int) -> None:
+        if staged._left <= 0:  # every row was receipted already (its rows are let go), or it failed
+            return
         if staged.elided and all(i in staged.elided for i in range(start, end)):
             return
         try:
@@ -379,7 +380,7 @@ class SqliteMailboxStore:
         new connection of the mailbox, draining, must find those pushed to the one it replaced)."""
         kept: collections.deque[tuple[float, Staged, int, int]] = collections.deque()
         for group in self._held:
-            if group[1]._left <= 0:  # settled (every held row receipted) or failed: nothing to write
+            if group[1]._left <= 0:  # nothing to write (_write_held), and its rows may be gone
                 continue
             if group[1].rows[group[2]][0] == recipient:
                 self._write_held(*group[1:])
@@ -398,8 +399,7 @@ class SqliteMailboxStore:
         held, self._held = self._held, collections.deque()
         self._holding.clear()
         for _, staged, start, end in held:
-            if staged._left > 0:
-                self._write_held(staged, start, end)
+            self._write_held(staged, start, end)
 
     async def fetch(self, recipient: AccountId, after_seq: int, limit: int) -> list[MailboxItem]:
         if self._holding.get(recipient, 0.0) >= self._db.loop().time():
