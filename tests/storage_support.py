@@ -13,11 +13,15 @@ from pathlib import Path
 import pytest
 
 from kluis.server.storage import Account, AccountId, Storage, StoredEnvelope, open_storage
+from kluis.server.storage.sqlite import SqliteStorage
 
 Body = Callable[[Storage], Awaitable[None]]
 
 
-BACKENDS = ("memory", "sqlite", "postgresql")
+BACKENDS = ("memory", "sqlite", "sqlite-threaded", "postgresql")
+"""``sqlite-threaded``: SQLite with every group commit in the writer thread (thread_min_rows 1), not
+only the large ones."""
+THREADED = "#threaded"
 
 
 def storage_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest | None = None) -> str:
@@ -26,6 +30,8 @@ def storage_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest | N
         return "memory:"
     if backend == "sqlite":
         return f"sqlite://{tmp_path / 'kluis.db'}"
+    if backend == "sqlite-threaded":
+        return f"sqlite://{tmp_path / 'kluis.db'}{THREADED}"
     if backend == "postgresql" and request is not None:
         url: str = request.getfixturevalue("postgres_url")
         return url
@@ -33,8 +39,14 @@ def storage_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest | N
 
 
 def run_with(url: str, body: Body) -> None:
+    threaded = url.endswith(THREADED)
+    url = url.removesuffix(THREADED)
+
     async def main() -> None:
         storage = await open_storage(url, fsync=False)
+        if threaded:
+            assert isinstance(storage, SqliteStorage)
+            storage.db.thread_min_rows = 1
         try:
             await body(storage)
         finally:

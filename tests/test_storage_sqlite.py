@@ -7,13 +7,24 @@ import hashlib
 import os
 import sqlite3
 import stat
+import threading
 from pathlib import Path
+from typing import cast
 
 import pytest
 import uvloop
+from hypothesis import given
+from hypothesis import strategies as st
 
 from kluis.server.storage import SchemaTooNew, StorageError, StoredEnvelope, database_path, open_storage
-from kluis.server.storage._sqlite_db import SCHEMA_COMPAT_VERSION, SCHEMA_VERSION
+from kluis.server.storage._sqlite_db import (
+    MULTIROW_MAX,
+    MULTIROW_MAX_BYTES,
+    SCHEMA_COMPAT_VERSION,
+    SCHEMA_VERSION,
+    THREAD_MIN_ROWS,
+    multirow_chunks,
+)
 from kluis.server.storage._sqlite_mailbox import DISCARD_WAIT_S
 from kluis.server.storage.sqlite import SqliteStorage
 from tests.storage_support import account, envelope
@@ -552,3 +563,106 @@ def test_a_cancelled_store_leaves_the_others_in_its_commit_answered(tmp_path: Pa
         await s.close()
 
     asyncio.run(main())
+
+
+# -- The writer thread (SqliteDatabase: large group commits run off the event loop) ---------------
+
+
+def _hold_write_lock(path: Path) -> sqlite3.Connection:
+    """Another connection takes the write lock, so a commit started now stays in flight until it
+    is released (from a timer thread: the loop may be waiting for that commit)."""
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    return other
+
+
+def test_a_large_group_commit_runs_in_the_writer_thread_while_the_loop_goes_on(tmp_path: Path) -> None:
+    async def main() -> None:
+        path = tmp_path / "kluis.db"
+        s = await _open(path)
+        a, b = account(1), account(2)
+        await s.accounts.create(a)
+        await s.accounts.create(b)
+        other = _hold_write_lock(path)
+        try:
+            appending = asyncio.ensure_future(
+                s.mailbox.append([envelope(a.account_id, i) for i in range(THREAD_MIN_ROWS)])
+            )
+            for _ in range(10):  # each sleep returns on time: the commit waits in its own thread
+                await asyncio.sleep(0.005)
+            assert s.db.threaded_commits == 1
+            assert not appending.done()
+            # Reads go on meanwhile (a second connection), and see the last commit.
+            assert await s.accounts.get(b.account_id) is not None
+            assert await s.mailbox.fetch(a.account_id, 0, 1_000) == []
+            # A named transaction waits for the commit in flight, which owns the write connection.
+            threading.Timer(0.1, other.execute, ("COMMIT",)).start()
+            await s.accounts.create(account(3))
+            assert s.db.commits["group_commit"] == 1  # committed before the account was created
+            assert all(new for _, new in await appending)
+            assert len(await s.mailbox.fetch(a.account_id, 0, 1_000)) == THREAD_MIN_ROWS
+        finally:
+            other.close()
+            await s.close()
+
+    asyncio.run(main())
+
+
+def test_a_fetch_does_not_return_what_a_commit_in_flight_deletes(tmp_path: Path) -> None:
+    """A receipt's delete in a commit still in flight: a new connection of the mailbox, fetching, is
+    not sent those envelopes again (the fetch waits for that commit)."""
+
+    async def main() -> None:
+        path = tmp_path / "kluis.db"
+        s = await _open(path)
+        a = account(1)
+        await s.accounts.create(a)
+        old = [seq for seq, _ in await s.mailbox.append([envelope(a.account_id, i) for i in range(3)])]
+        s.db.thread_min_rows = 1
+        other = _hold_write_lock(path)
+        try:
+            s.mailbox.discard(a.account_id, old)
+            appending = asyncio.ensure_future(s.mailbox.append([envelope(a.account_id, 9)]))
+            await asyncio.sleep(0.01)  # the append and the deletes are in flight, waiting for the lock
+            assert s.db.threaded_commits == 1
+            threading.Timer(0.1, other.execute, ("COMMIT",)).start()
+            fetched = await s.mailbox.fetch(a.account_id, 0, 100)
+            assert [item.envelope_id for item in fetched] == [(9).to_bytes(16, "big")]
+            await appending
+        finally:
+            other.close()
+            await s.close()
+
+    asyncio.run(main())
+
+
+def test_a_failed_commit_in_the_writer_thread_reaches_every_waiter(tmp_path: Path) -> None:
+    async def main() -> None:
+        s = await _open(tmp_path / "kluis.db")
+        a = account(1)
+        await s.accounts.create(a)
+        await s.mailbox.append([envelope(a.account_id, 0)])
+        s.db.thread_min_rows = 1
+        s.db.conn.execute("DROP TABLE mailbox")
+        results = await asyncio.gather(
+            *(s.mailbox.append([envelope(a.account_id, i)]) for i in range(1, 4)), return_exceptions=True
+        )
+        assert s.db.threaded_commits == 1
+        assert all(isinstance(r, StorageError) for r in results)
+        assert not s.db.conn.in_transaction
+        await s.close()
+
+    asyncio.run(main())
+
+
+@given(st.lists(st.integers(min_value=0, max_value=300_000), max_size=3 * MULTIROW_MAX))
+def test_multirow_chunks_cover_the_rows_in_few_shapes(sizes: list[int]) -> None:
+    rows = [(i, bytes(size)) for i, size in enumerate(sizes)]
+    chunks = multirow_chunks(rows, blob=1)
+    assert [row for chunk in chunks for row in chunk] == rows
+    for chunk in chunks:
+        assert len(chunk) & (len(chunk) - 1) == 0
+        assert 0 < len(chunk) <= MULTIROW_MAX
+        if len(chunk) > 1:  # a single row may be as large as it is
+            assert sum(len(cast(bytes, row[1])) for row in chunk) <= MULTIROW_MAX_BYTES
+    assert len(multirow_chunks(rows)) <= len(rows) // MULTIROW_MAX + MULTIROW_MAX.bit_length()

@@ -1,23 +1,29 @@
 """The SQLite connection the SQLite stores share: engine settings, schema deltas, named transactions
 and the group commit of the mailbox hot path.
 
-Everything runs inline on the event loop, with no threads: a writer thread gives no parallelism under
-the GIL and collapsed at a steady 25k msg/s (PERFORMANCE.md). A transaction never spans an ``await``,
-so coroutines cannot interleave inside one.
+Transactions run inline on the event loop and never span an ``await``, so coroutines cannot
+interleave inside one. The one exception is a large group commit (:data:`THREAD_MIN_ROWS`), which
+runs in a writer thread while the loop goes on: SQLite's C code releases the GIL, so the commit's
+B-tree and WAL work is done on the machine's other core. A writer thread running ``executemany``
+collapsed at a steady 25k msg/s (PERFORMANCE.md): each row's step released the GIL and waited up to
+the switch interval to take it back. Group work therefore runs a few multi-row statements
+(:func:`multirow_chunks`), each one release of the GIL.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import logging
 import os
 import sqlite3
+import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Protocol, TypeVar, cast
 
 from kluis._schema import migrate as apply_deltas
 from kluis.server.storage._schema_version import SCHEMA_COMPAT_VERSION, SCHEMA_VERSION, schema_deltas
@@ -31,6 +37,7 @@ __all__ = [
     "SqliteDatabase",
     "SqliteEngine",
     "migrate",
+    "multirow_chunks",
     "schema_deltas",
 ]
 
@@ -57,6 +64,46 @@ tries again after this long, on the loop. Waiting inside SQLite's busy handler i
 whole event loop for 1, 2, 5 ms ... and every connection with it (the relay benchmark's W2 p99)."""
 
 
+THREAD_MIN_ROWS = 32
+"""A group commit of at least this many rows (:attr:`GroupWork.size`) runs in the writer thread.
+Smaller ones, the usual case below a few thousand messages a second, commit inline at the end of the
+loop pass: handing a commit to a thread and back costs two wake-ups, which at 500 msg/s would be most
+of the acknowledgement's latency (the relay benchmark's W2)."""
+GIL_SWITCH_INTERVAL_S = 0.001
+"""While the writer thread is busy, the interpreter's switch interval (CPython's default is 5 ms).
+After each statement the writer needs the GIL back, and the busy loop thread hands it over only when
+the interval runs out; at 5 ms a commit of a dozen statements took longer than its senders wait."""
+MULTIROW_MAX = 512
+"""Rows per multi-row statement at most (SQLite allows 32,766 parameters per statement)."""
+MULTIROW_MAX_BYTES = 1 << 19
+"""Bytes of blobs per multi-row statement at most (beyond its first row): SQLite copies every bound
+blob, so 512 of the largest envelopes (200 KB) would hold 100 MB at once."""
+
+
+def multirow_chunks(
+    rows: Sequence[Sequence[object]], blob: int | None = None
+) -> list[Sequence[Sequence[object]]]:
+    """Splits ``rows`` into chunks whose sizes are powers of two up to :data:`MULTIROW_MAX`, so a
+    multi-row statement takes one of ten shapes and stays in the connection's statement cache. With
+    ``blob`` (a column holding bytes), a chunk also stops at :data:`MULTIROW_MAX_BYTES` of them."""
+    chunks = []
+    i, n = 0, len(rows)
+    while i < n:
+        k = min(MULTIROW_MAX, n - i)
+        if blob is not None:
+            total, j = 0, i
+            while j < i + k:
+                total += len(cast(bytes, rows[j][blob]))
+                if total > MULTIROW_MAX_BYTES and j > i:
+                    break
+                j += 1
+            k = j - i
+        size = 1 << (k.bit_length() - 1)
+        chunks.append(rows[i : i + size])
+        i += size
+    return chunks
+
+
 class SqliteEngine:
     """What differs between engines (Synapse ``storage/engines``), for SQLite."""
 
@@ -69,7 +116,9 @@ class SqliteEngine:
     def connect(self, path: Path, *, fsync: bool, cache_mib: int = DEFAULT_CACHE_MIB) -> sqlite3.Connection:
         # Create the file owner-only before SQLite does; the -wal and -shm files copy its mode.
         os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
-        conn = sqlite3.connect(path, isolation_level=None, cached_statements=256)
+        # Used from the loop and, for one group commit at a time, the writer thread (SqliteDatabase
+        # never lets the two overlap).
+        conn = sqlite3.connect(path, isolation_level=None, cached_statements=256, check_same_thread=False)
         try:
             # Takes effect only while the file is new (before WAL mode is set). A trade-off, measured:
             # sealed envelopes are 1,397 bytes and up, and on 4 KiB pages each spills into an
@@ -96,6 +145,18 @@ class SqliteEngine:
             raise
         return conn
 
+    def connect_reader(self, path: Path, *, cache_mib: int = DEFAULT_CACHE_MIB) -> sqlite3.Connection:
+        """A read-only connection to a database :meth:`connect` opened (the WAL mode is the file's)."""
+        conn = sqlite3.connect(path, isolation_level=None, cached_statements=256)
+        try:
+            conn.execute("PRAGMA query_only=ON")
+            conn.execute(f"PRAGMA cache_size=-{int(cache_mib) * 1024}")
+            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
 
 class Locked(Exception):
     """Another connection holds the write lock (raised only when asked not to wait)."""
@@ -106,9 +167,18 @@ class TransactionObserver(Protocol):
 
 
 class GroupWork(Protocol):
-    """One unit of the group commit: ``run`` inside the shared transaction, then ``done`` once."""
+    """One unit of the group commit: ``prepare`` on the loop, ``run`` inside the shared transaction
+    (on the loop or in the writer thread: it touches only the connection and its own fields, and
+    runs a few statements, not one per row), then ``done`` once, on the loop.
+
+    ``prepare`` is called once, when the commit takes the work; a commit that finds the write lock
+    taken runs the same prepared work again later."""
 
     name: str
+    size: int
+    """Rows written or deleted: what decides whether the commit runs in the writer thread."""
+
+    def prepare(self) -> None: ...
 
     def run(self, conn: sqlite3.Connection) -> None: ...
 
@@ -116,29 +186,58 @@ class GroupWork(Protocol):
 
 
 class SqliteDatabase:
-    """One connection, named transactions and the end-of-loop-pass group commit.
+    """One write connection, named transactions and the end-of-loop-pass group commit.
 
     Group commit: :meth:`group_commit` queues a work item and, for the first item of a loop pass,
     schedules :meth:`flush` with ``loop.call_soon``. Work queued by every coroutine that runs in the
-    current pass lands in the queue first; the flush then runs all of it in ONE transaction (each item
-    typically one ``executemany``), commits, and tells each item whether it is durable.
+    current pass lands in the queue first; the flush then runs all of it in ONE transaction, commits,
+    and tells each item whether it is durable.
+
+    A group of :data:`THREAD_MIN_ROWS` rows or more commits in the writer thread instead, one commit
+    at a time: work queued meanwhile waits for the next, which starts when the one in flight ends.
+    While a commit is in flight the loop does not touch the write connection: reads go to a second,
+    read-only connection (which sees the last commit, as reads always did), and a named transaction
+    or a flush that must finish now (``wait``) first waits for the commit in flight.
     """
 
-    def __init__(self, conn: sqlite3.Connection, engine: SqliteEngine) -> None:
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        engine: SqliteEngine,
+        reader: sqlite3.Connection | None = None,
+        *,
+        thread_min_rows: int = THREAD_MIN_ROWS,
+    ) -> None:
         self.conn = conn
         self.engine = engine
+        self._reader = reader
+        """Reads while a commit is in flight in the writer thread (None: no writer thread, as for a
+        database in memory, which a second connection would not see)."""
+        self.thread_min_rows = thread_min_rows
         self.commits: collections.Counter[str] = collections.Counter()
         """Committed transactions by name (tests and metrics)."""
         self.group_items: collections.Counter[str] = collections.Counter()
         """Work items committed through :meth:`group_commit`, by name."""
+        self.threaded_commits = 0
+        """Group commits run in the writer thread (tests and benchmarks)."""
         self.observer: TransactionObserver | None = None
         """Called with (transaction name, seconds) after each commit, e.g. a Prometheus histogram."""
         self._pending: list[GroupWork] = []
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._writer: concurrent.futures.ThreadPoolExecutor | None = None
+        self._inflight: concurrent.futures.Future[float] | None = None
+        self._inflight_works: list[GroupWork] = []
 
     @classmethod
-    def open(cls, path: Path, *, fsync: bool, cache_mib: int = DEFAULT_CACHE_MIB) -> SqliteDatabase:
+    def open(
+        cls,
+        path: Path,
+        *,
+        fsync: bool,
+        cache_mib: int = DEFAULT_CACHE_MIB,
+        thread_min_rows: int = THREAD_MIN_ROWS,
+    ) -> SqliteDatabase:
         """Opens (creating if needed) and migrates the database; errors become StorageError."""
         engine = SqliteEngine()
         try:
@@ -147,13 +246,14 @@ class SqliteDatabase:
             raise StorageError(f"cannot open the database: {exc}") from exc
         try:
             migrate(conn, engine)
+            reader = engine.connect_reader(path, cache_mib=cache_mib)
         except sqlite3.Error as exc:
             conn.close()
             raise StorageError(f"cannot open the database: {exc}") from exc
         except BaseException:
             conn.close()
             raise
-        return cls(conn, engine)
+        return cls(conn, engine, reader, thread_min_rows=thread_min_rows)
 
     @property
     def closed(self) -> bool:
@@ -168,9 +268,17 @@ class SqliteDatabase:
 
         ``name`` is what logs and metrics show; they never show ids or bytes. With ``wait`` False,
         raises :class:`Locked` at once (nothing done) if another connection holds the write lock.
+        A group commit in flight in the writer thread is waited for first (it holds the connection).
         """
         if self._closed:
             raise StorageError(f"{name}: storage is closed")
+        self._finish_inflight()
+        result, seconds = self._transaction(fn, wait=wait)
+        self._committed(name, seconds)
+        return result
+
+    def _transaction(self, fn: Callable[[sqlite3.Connection], T], *, wait: bool) -> tuple[T, float]:
+        """One write transaction on the write connection (from the loop, or the writer thread)."""
         conn = self.conn
         start = time.perf_counter()
         if wait:
@@ -184,11 +292,12 @@ class SqliteDatabase:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
-        seconds = time.perf_counter() - start
+        return result, time.perf_counter() - start
+
+    def _committed(self, name: str, seconds: float) -> None:
         self.commits[name] += 1
         if self.observer is not None:
             self.observer(name, seconds)
-        return result
 
     def _begin_now(self) -> None:
         conn = self.conn
@@ -207,13 +316,18 @@ class SqliteDatabase:
         if self._closed:
             raise StorageError(f"{name}: storage is closed")
         del name  # reads are not counted; the name documents the call site
+        # The write connection when it is free: its page cache is warm, where the reader's is
+        # dropped whenever another connection has committed since its last read (SQLite's WAL mode).
+        if self._inflight is not None and self._reader is not None:
+            return fn(self._reader)
         return fn(self.conn)
 
     def group_commit(self, work: GroupWork) -> None:
-        """Queues ``work`` for the commit at the end of this event-loop pass."""
+        """Queues ``work`` for the commit at the end of this event-loop pass (or, if a commit is in
+        flight in the writer thread, for the one after it)."""
         if self._closed:
             raise StorageError(f"{work.name}: storage is closed")
-        if not self._pending:
+        if not self._pending and self._inflight is None:
             self.loop().call_soon(self.flush)
         self._pending.append(work)
 
@@ -230,30 +344,76 @@ class SqliteDatabase:
         """Runs and commits every queued work item in one transaction; never raises (a loop callback).
 
         If the transaction fails, every item of the group is told so (none of it is stored). If the
-        write lock is taken, the items wait (on the loop, LOCKED_RETRY_S) unless ``wait``.
+        write lock is taken, the items wait (on the loop, LOCKED_RETRY_S) unless ``wait``. A large
+        group goes to the writer thread unless ``wait``, which returns only once everything queued
+        before it is committed.
         """
+        if self._inflight is not None:
+            if not wait:
+                return  # the commit in flight flushes again when it ends (_thread_done)
+            self._finish_inflight()
         works, self._pending = self._pending, []
         if not works:
             return
-
-        def run_all(conn: sqlite3.Connection) -> None:
-            for work in works:
-                work.run(conn)
-
+        for work in works:
+            work.prepare()
+        if not wait and self._reader is not None and sum(w.size for w in works) >= self.thread_min_rows:
+            self._start_thread(works)
+            return
         try:
-            self.run_interaction("group_commit", run_all, wait=wait)
+            _, seconds = self._transaction(lambda conn: _run_all(works, conn), wait=wait)
         except Locked:
             self._pending = works + self._pending  # none of it ran; whatever came since joins it
             self.loop().call_later(LOCKED_RETRY_S, self.flush)
             return
         except Exception as exc:  # delivered to every waiter; the loop must keep running
-            log.warning("group commit of %d items failed: %s", len(works), type(exc).__name__)
-            for work in works:
-                work.done(exc)
+            self._group_failed(works, exc)
             return
+        self._committed("group_commit", seconds)
+        self._group_done(works)
+
+    def _group_failed(self, works: list[GroupWork], exc: BaseException) -> None:
+        log.warning("group commit of %d items failed: %s", len(works), type(exc).__name__)
+        for work in works:
+            work.done(exc)
+
+    def _group_done(self, works: list[GroupWork]) -> None:
         for work in works:
             self.group_items[work.name] += 1
             work.done(None)
+
+    def _start_thread(self, works: list[GroupWork]) -> None:
+        writer = self._writer
+        if writer is None:
+            writer = self._writer = concurrent.futures.ThreadPoolExecutor(1, "kluis-sqlite-writer")
+            sys.setswitchinterval(min(sys.getswitchinterval(), GIL_SWITCH_INTERVAL_S))
+        loop = self.loop()
+        # Waits for the write lock in SQLite's busy handler: that sleeps this thread, not the loop.
+        future = writer.submit(lambda: self._transaction(lambda conn: _run_all(works, conn), wait=True)[1])
+        self._inflight, self._inflight_works = future, works
+        self.threaded_commits += 1
+        future.add_done_callback(lambda f: loop.call_soon_threadsafe(self._thread_done, f))
+
+    def _thread_done(self, future: concurrent.futures.Future[float]) -> None:
+        if self._inflight is future:  # else already finished by _finish_inflight
+            self._finish_inflight()
+            self.flush()  # what was queued meanwhile starts now, not a loop pass later
+
+    def _finish_inflight(self) -> None:
+        """Waits for the commit in flight in the writer thread, if any, and tells its work."""
+        future = self._inflight
+        if future is None:
+            return
+        concurrent.futures.wait([future])  # releases the GIL: the writer thread finishes
+        works, self._inflight, self._inflight_works = self._inflight_works, None, []
+        exc = future.exception()
+        if exc is not None:
+            self._group_failed(works, exc)
+        else:
+            self._committed("group_commit", future.result())
+            self._group_done(works)
+        if self._pending:  # queued meanwhile: group_commit left them to the end of this commit
+            self.loop().call_soon(self.flush)
 
     def checkpoint(self, mode: str = "PASSIVE") -> tuple[int, int, int]:
         """A WAL checkpoint: PASSIVE never waits for readers or writers. Returns (busy, wal pages,
@@ -272,6 +432,7 @@ class SqliteDatabase:
         busy timeout off); returns whether it was. Old page images in the WAL would otherwise keep
         deleted envelopes and keys readable until overwritten: secure_delete zeroes only the main
         file's pages."""
+        self.flush(wait=True)
         self.conn.execute("PRAGMA busy_timeout=0")
         try:
             busy, _, _ = self.checkpoint("TRUNCATE")
@@ -284,7 +445,16 @@ class SqliteDatabase:
             return
         self.flush(wait=True)
         self._closed = True
+        if self._writer is not None:
+            self._writer.shutdown(wait=True)
+        if self._reader is not None:
+            self._reader.close()
         self.conn.close()
+
+
+def _run_all(works: list[GroupWork], conn: sqlite3.Connection) -> None:
+    for work in works:
+        work.run(conn)
 
 
 class Checkpointer:

@@ -1,7 +1,7 @@
 """The SQLite mailbox: the relay's hot path, on the group commit of ``_sqlite_db``.
 
 Appends are numbered at once (an in-memory counter per recipient) and written with the group commit
-at the end of the event-loop pass, in one ``executemany``. An envelope the relay pushed to its
+at the end of the event-loop pass, in a few multi-row INSERTs. An envelope the relay pushed to its
 connected recipient before it was written may be *held* instead (:meth:`SqliteMailboxStore.stage`):
 it waits up to ``receipt_wait`` seconds for that recipient's receipt. Receipted in time, it is never
 written at all, and its sender's acknowledgement needs no commit: the recipient's receipt says its
@@ -16,12 +16,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import logging
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from kluis.server.clock import reached
-from kluis.server.storage._sqlite_db import SqliteDatabase
+from kluis.server.storage._sqlite_db import SqliteDatabase, multirow_chunks
 from kluis.server.storage.base import AccountId, MailboxItem, StorageError, StoredEnvelope, UnknownAccount
 
 log = logging.getLogger(__name__)
@@ -39,13 +40,6 @@ this long for one. Committed on their own, deletes made a commit of a few rows p
 mailboxes drained: over nine in ten commits of Sky ECC's day (kluis bench skyecc), each rewriting the
 same B-tree pages into the WAL. An envelope whose delete is lost to a crash meanwhile is delivered
 again, and its recipient drops it by id."""
-
-_INSERT = (
-    "INSERT INTO mailbox (recipient, seq, envelope_id, ciphertext, expiry_day) VALUES (?, ?, ?, ?, ?)"
-    " ON CONFLICT (recipient, envelope_id) DO NOTHING"
-)
-_DELETE_BY_SEQ = "DELETE FROM mailbox WHERE recipient = ? AND seq = ?"
-_DELETE_RUN = "DELETE FROM mailbox WHERE recipient = ? AND seq BETWEEN ? AND ?"
 
 Result = tuple[int, bool]
 Row = tuple[AccountId, int, bytes, bytes, int]
@@ -123,47 +117,108 @@ class Staged:
 Part = tuple[Staged, int, int, bool]
 """Rows start:end of a Staged, and whether they were held (a receipt may still elide them)."""
 
+_INSERT = (
+    "INSERT INTO mailbox (recipient, seq, envelope_id, ciphertext, expiry_day) VALUES {values}"
+    " ON CONFLICT (recipient, envelope_id) DO NOTHING"
+)
+_SELECT_STORED = (
+    "WITH wanted (r, e) AS (VALUES {values}) SELECT m.recipient, m.envelope_id, m.seq FROM wanted"
+    " JOIN mailbox AS m ON m.recipient = wanted.r AND m.envelope_id = wanted.e"
+)
+# The WITH goes inside: Python 3.11 reports no rowcount for a statement that starts with one.
+_DELETE_RUNS = (
+    "DELETE FROM mailbox WHERE (recipient, seq) IN (WITH runs (r, a, b) AS (VALUES {values})"
+    " SELECT m.recipient, m.seq FROM runs JOIN mailbox AS m ON m.recipient = runs.r"
+    " AND m.seq BETWEEN runs.a AND runs.b)"
+)
+_DELETE_EXACT = (
+    "DELETE FROM mailbox WHERE (recipient, seq) IN (WITH wanted (r, s, e) AS (VALUES {values})"
+    " SELECT m.recipient, m.seq FROM wanted JOIN mailbox AS m ON m.recipient = wanted.r"
+    " AND m.seq = wanted.s AND m.envelope_id = wanted.e)"
+)
+
+
+@functools.cache
+def _statement(template: str, rows: int, columns: int) -> str:
+    """``template`` with ``rows`` rows of ``columns`` placeholders: a multi-row statement."""
+    return template.replace("{values}", ",".join(["(" + ",".join("?" * columns) + ")"] * rows))
+
+
+def _run_chunked(
+    conn: sqlite3.Connection, template: str, rows: Sequence[tuple[object, ...]], blob: int | None = None
+) -> int:
+    """Runs ``template`` over ``rows`` in multi-row statements (_sqlite_db.multirow_chunks, ``blob``
+    the column whose bytes bound a chunk), one release of the GIL each; returns the rows they
+    changed."""
+    changed = 0
+    for chunk in multirow_chunks(rows, blob):
+        sql = _statement(template, len(chunk), len(chunk[0]))
+        changed += conn.execute(sql, [value for row in chunk for value in row]).rowcount
+    return changed
+
+
+def _stored_seqs(conn: sqlite3.Connection, rows: list[Row]) -> dict[tuple[AccountId, bytes], int]:
+    """The seq stored under each row's (recipient, envelope id)."""
+    stored: dict[tuple[AccountId, bytes], int] = {}
+    for chunk in multirow_chunks([(row[0], row[2]) for row in rows]):
+        sql = _statement(_SELECT_STORED, len(chunk), 2)
+        for recipient, envelope_id, seq in conn.execute(sql, [v for row in chunk for v in row]):
+            stored[AccountId(bytes(recipient)), bytes(envelope_id)] = int(seq)
+    return stored
+
 
 class _AppendBatch:
-    """All appends of one loop pass: one ``executemany`` inside the group commit."""
+    """All appends of one loop pass: a few multi-row INSERTs inside the group commit."""
 
     name = "mailbox_append"
 
     def __init__(self, store: SqliteMailboxStore) -> None:
         self._store = store
         self.parts: list[Part] = []
-        self._written: list[tuple[Part, int]] = []
+        self.size = 0
+        self._params: list[Row] | None = None
+        self._written: list[tuple[Staged, range | list[int]]] = []
+        self._resent: dict[int, int] = {}
+        """index in _params -> the seq stored under its envelope id, where that is another."""
+
+    def prepare(self) -> None:
+        """Takes the rows (on the loop): from here on a receipt deletes the held ones instead of
+        eliding them, and appends go to a new batch."""
+        if self._params is not None:
+            return
+        store = self._store
+        if store._batch is self:
+            store._batch = None
+        params: list[Row] = []
+        written = self._written
+        for staged, start, end, held in self.parts:
+            if held:
+                store._unhold(staged, start, end)
+            elided = staged.elided
+            indexes: range | list[int] = range(start, end)
+            if elided:
+                indexes = [i for i in indexes if i not in elided]
+                params += [staged.rows[i] for i in indexes]
+            else:
+                params += staged.rows[start:end]
+            written.append((staged, indexes))
+        self._params = params
 
     def run(self, conn: sqlite3.Connection) -> None:
-        params: list[Row] = []
-        written: list[tuple[Part, int]] = []
-        for part in self.parts:
-            staged, start, end, held = part
-            rows = staged.rows[start:end]
-            if held:  # from here on a receipt deletes them instead
-                self._store._unhold(staged, start, end)
-            elided = staged.elided
-            if elided:
-                rows = [row for i, row in enumerate(rows, start) if i not in elided]
-            params += rows
-            written.append((part, len(rows)))
-        cur = conn.executemany(_INSERT, params)
-        self._written = written
-        if cur.rowcount == len(params):  # the common case: nothing was a resend
+        params = self._params
+        assert params is not None, "prepare() first"
+        self._resent = {}
+        if _run_chunked(conn, _INSERT, params, blob=3) == len(
+            params
+        ):  # the common case: nothing was a resend
             return
         # Some rows hit UNIQUE (recipient, envelope_id): a resend (maybe within this very batch). Its
         # freshly assigned seq was not used; report the seq that is stored (a gap in seqs is fine).
-        for (staged, start, end, _), _ in written:
-            for i in range(start, end):
-                if staged.elided and i in staged.elided:
-                    continue
-                recipient, seq, envelope_id = staged.rows[i][:3]
-                stored = conn.execute(
-                    "SELECT seq FROM mailbox WHERE recipient = ? AND envelope_id = ?",
-                    (recipient, envelope_id),
-                ).fetchone()
-                if int(stored[0]) != seq:
-                    staged.duplicates[i] = int(stored[0])
+        stored = _stored_seqs(conn, params)
+        for position, (recipient, seq, envelope_id, _, _) in enumerate(params):
+            kept = stored[recipient, envelope_id]
+            if kept != seq:
+                self._resent[position] = kept
 
     def done(self, error: BaseException | None) -> None:
         if self._store._batch is self:
@@ -173,9 +228,16 @@ class _AppendBatch:
                 self._store._unhold(staged, start, end)
                 staged._failed()
             return
-        for (staged, _, _, _), n in self._written:
-            if n:
-                staged._settled(n)
+        resent = self._resent
+        position = 0
+        for staged, indexes in self._written:
+            if resent:
+                for i in indexes:
+                    if position in resent:
+                        staged.duplicates[i] = resent[position]
+                    position += 1
+            if indexes:
+                staged._settled(len(indexes))
 
 
 class _DeleteWork:
@@ -188,20 +250,23 @@ class _DeleteWork:
         envelope_ids: list[bytes] | None,
         future: asyncio.Future[int],
     ) -> None:
-        self._rows: list[tuple[AccountId, int]] | list[tuple[AccountId, int, bytes]]
+        self._runs: list[tuple[AccountId, int, int]] = []
+        self._exact: list[tuple[AccountId, int, bytes]] = []
         if envelope_ids is None:
-            self._rows = [(recipient, seq) for seq in seqs]
+            self._runs = [(recipient, seq, seq) for seq in seqs]
         else:
-            self._rows = [(recipient, seq, eid) for seq, eid in zip(seqs, envelope_ids, strict=True)]
+            self._exact = [(recipient, seq, eid) for seq, eid in zip(seqs, envelope_ids, strict=True)]
+        self.size = len(seqs)
         self._future = future
         self._deleted = 0
 
+    def prepare(self) -> None:
+        pass
+
     def run(self, conn: sqlite3.Connection) -> None:
-        sql = _DELETE_BY_SEQ
-        if self._rows and len(self._rows[0]) == 3:
-            sql += " AND envelope_id = ?"
-        cur = conn.executemany(sql, self._rows)
-        self._deleted = cur.rowcount
+        self._deleted = _run_chunked(conn, _DELETE_RUNS, self._runs) + _run_chunked(
+            conn, _DELETE_EXACT, self._exact
+        )
 
     def done(self, error: BaseException | None) -> None:
         if self._future.done():
@@ -213,12 +278,12 @@ class _DeleteWork:
 
 
 class _DiscardBatch:
-    """Receipts' deletes gathered until the next commit (DISCARD_WAIT_S): one ``executemany``,
-    nobody waiting (MailboxStore.discard).
+    """Receipts' deletes gathered until the next commit (DISCARD_WAIT_S), nobody waiting
+    (MailboxStore.discard).
 
     Receipts name runs of consecutive seqs (a DELIVER frame's envelopes), and every seq inside such a
-    run was receipted, so each run is deleted as one range: one statement and one descent of the
-    B-tree per run instead of per envelope (the deletes were a fifth of a busy relay's CPU).
+    run was receipted, so each run is deleted as one range: one descent of the B-tree per run
+    instead of per envelope (the deletes were a fifth of a busy relay's CPU).
     """
 
     name = "mailbox_discard"
@@ -227,11 +292,13 @@ class _DiscardBatch:
         self._store = store
         self.runs: list[tuple[AccountId, int, int]] = []
         self.recipients: set[AccountId] = set()
+        self.size = 0
 
     def add(self, recipient: AccountId, seqs: list[int]) -> None:
         self.recipients.add(recipient)
         runs = self.runs
         ordered = sorted(set(seqs))
+        self.size += len(ordered)
         start = previous = ordered[0]
         for seq in ordered[1:]:
             if seq != previous + 1:
@@ -240,10 +307,15 @@ class _DiscardBatch:
             previous = seq
         runs.append((recipient, start, previous))
 
+    def prepare(self) -> None:
+        pass
+
     def run(self, conn: sqlite3.Connection) -> None:
-        conn.executemany(_DELETE_RUN, self.runs)
+        _run_chunked(conn, _DELETE_RUNS, self.runs)
 
     def done(self, error: BaseException | None) -> None:
+        with contextlib.suppress(ValueError):
+            self._store._queued_discards.remove(self)
         if error is not None:
             log.warning("deleting receipted envelopes failed; they will be delivered again")
 
@@ -256,6 +328,8 @@ class SqliteMailboxStore:
         self._discards: _DiscardBatch | None = None
         """Receipts' deletes not yet handed to the group commit (see DISCARD_WAIT_S)."""
         self._discard_timer: asyncio.TimerHandle | None = None
+        self._queued_discards: list[_DiscardBatch] = []
+        """Deletes handed to the group commit and not yet committed (at most a few)."""
         # Last seq handed out per recipient, loaded lazily from max(seq). In memory only: the database
         # holds no counter. After a restart with an empty mailbox numbering starts again at 1, so a
         # client must not carry after_seq across connections.
@@ -329,6 +403,7 @@ class SqliteMailboxStore:
             if self._discards is not None:  # a commit happens anyway: the deletes join it
                 self._queue_discards()
         batch.parts.append((staged, start, end, held))
+        batch.size += end - start
 
     def _hold(self, staged: Staged, start: int, end: int) -> None:
         """Holds rows of one recipient."""
@@ -404,7 +479,7 @@ class SqliteMailboxStore:
     async def fetch(self, recipient: AccountId, after_seq: int, limit: int) -> list[MailboxItem]:
         if self._holding.get(recipient, 0.0) >= self._db.loop().time():
             self._release_recipient(recipient)
-        if self._discards is not None and recipient in self._discards.recipients:
+        if self._discarding(recipient):
             # A new connection of the mailbox must not be sent again what the old one receipted.
             self._commit_discards()
         rows = self._db.read(
@@ -477,6 +552,15 @@ class SqliteMailboxStore:
         if batch is not None:
             with contextlib.suppress(StorageError):  # closed: delivered again after a restart
                 self._db.group_commit(batch)
+                self._queued_discards.append(batch)
+
+    def _discarding(self, recipient: AccountId | None) -> bool:
+        """Whether receipts' deletes (of ``recipient``, or of anyone) are not committed yet: pending,
+        queued, or in a commit in flight in the writer thread."""
+        batches = self._queued_discards
+        if self._discards is not None:
+            batches = [*batches, self._discards]
+        return any(recipient is None or recipient in batch.recipients for batch in batches)
 
     def _commit_discards(self) -> None:
         """Commits the pending deletes (and whatever else is queued) now."""
@@ -503,7 +587,7 @@ class SqliteMailboxStore:
             await asyncio.sleep(0)  # let sends through between chunks
 
     async def count(self, recipient: AccountId) -> int:
-        if self._discards is not None:  # a count sees every receipt before it
+        if self._discarding(None):  # a count sees every receipt before it
             self._commit_discards()
         row = self._db.read(
             "mailbox_count",

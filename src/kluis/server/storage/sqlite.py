@@ -3,7 +3,7 @@
 The four stores share one :class:`~kluis.server.storage._sqlite_db.SqliteDatabase`. Every write is a
 named transaction (``run_interaction("take_bundle", fn)``), except the mailbox hot path: ``append``
 and ``delete`` join the group commit at the end of the current event-loop pass, so many concurrent
-sends cost one transaction and one ``executemany``.
+sends cost one transaction and a few multi-row statements (in the writer thread when there are many).
 """
 
 from __future__ import annotations
