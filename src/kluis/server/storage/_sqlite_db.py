@@ -205,15 +205,14 @@ class SqliteDatabase:
         conn: sqlite3.Connection,
         engine: SqliteEngine,
         reader: sqlite3.Connection | None = None,
-        *,
-        thread_min_rows: int = THREAD_MIN_ROWS,
     ) -> None:
         self.conn = conn
         self.engine = engine
         self._reader = reader
         """Reads while a commit is in flight in the writer thread (None: no writer thread, as for a
         database in memory, which a second connection would not see)."""
-        self.thread_min_rows = thread_min_rows
+        self.thread_min_rows = THREAD_MIN_ROWS
+        """Rows from which a group commit runs in the writer thread (tests set 1)."""
         self.commits: collections.Counter[str] = collections.Counter()
         """Committed transactions by name (tests and metrics)."""
         self.group_items: collections.Counter[str] = collections.Counter()
@@ -230,14 +229,7 @@ class SqliteDatabase:
         self._inflight_works: list[GroupWork] = []
 
     @classmethod
-    def open(
-        cls,
-        path: Path,
-        *,
-        fsync: bool,
-        cache_mib: int = DEFAULT_CACHE_MIB,
-        thread_min_rows: int = THREAD_MIN_ROWS,
-    ) -> SqliteDatabase:
+    def open(cls, path: Path, *, fsync: bool, cache_mib: int = DEFAULT_CACHE_MIB) -> SqliteDatabase:
         """Opens (creating if needed) and migrates the database; errors become StorageError."""
         engine = SqliteEngine()
         try:
@@ -253,7 +245,7 @@ class SqliteDatabase:
         except BaseException:
             conn.close()
             raise
-        return cls(conn, engine, reader, thread_min_rows=thread_min_rows)
+        return cls(conn, engine, reader)
 
     @property
     def closed(self) -> bool:
@@ -272,7 +264,10 @@ class SqliteDatabase:
         """
         if self._closed:
             raise StorageError(f"{name}: storage is closed")
-        self._finish_inflight()
+        if self._inflight is not None:
+            self._finish_inflight()
+            if self._pending:  # queued meanwhile: group_commit left them to the end of that commit
+                self.loop().call_soon(self.flush)
         result, seconds = self._transaction(fn, wait=wait)
         self._committed(name, seconds)
         return result
@@ -412,8 +407,6 @@ class SqliteDatabase:
         else:
             self._committed("group_commit", future.result())
             self._group_done(works)
-        if self._pending:  # queued meanwhile: group_commit left them to the end of this commit
-            self.loop().call_soon(self.flush)
 
     def checkpoint(self, mode: str = "PASSIVE") -> tuple[int, int, int]:
         """A WAL checkpoint: PASSIVE never waits for readers or writers. Returns (busy, wal pages,

@@ -208,9 +208,8 @@ class _AppendBatch:
         params = self._params
         assert params is not None, "prepare() first"
         self._resent = {}
-        if _run_chunked(conn, _INSERT, params, blob=3) == len(
-            params
-        ):  # the common case: nothing was a resend
+        inserted = _run_chunked(conn, _INSERT, params, blob=3)
+        if inserted == len(params):  # the common case: nothing was a resend
             return
         # Some rows hit UNIQUE (recipient, envelope_id): a resend (maybe within this very batch). Its
         # freshly assigned seq was not used; report the seq that is stored (a gap in seqs is fine).
@@ -221,8 +220,7 @@ class _AppendBatch:
                 self._resent[position] = kept
 
     def done(self, error: BaseException | None) -> None:
-        if self._store._batch is self:
-            self._store._batch = None
+        # prepare() has run (flush calls it before any commit), so new appends go to another batch.
         if error is not None:
             for staged, start, end, _ in self.parts:
                 self._store._unhold(staged, start, end)
