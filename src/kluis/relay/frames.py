@@ -229,6 +229,8 @@ Frame = (
 AUTH_LABEL = b"Kluis relay auth v1\x00"
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
+_DELIVERY_HEAD = struct.Struct(f">Q{ENVELOPE_ID_LEN}sI")
+_DELIVER_HEADS = [bytes((FRAME_VERSION, FrameType.DELIVER, n)) for n in range(MAX_BATCH + 1)]
 _STATUS_BYTE = {status: bytes((status,)) for status in SendStatus}
 
 
@@ -252,6 +254,17 @@ def _write_signed(w: Writer, key: SignedPublicKey | None) -> None:
         key.write(w)
 
 
+def packed_delivery(seq: int, envelope_id: bytes, envelope: bytes) -> bytes:
+    """One delivery as a DELIVER frame carries it, for :func:`deliver_frame`. A busy relay packs each
+    delivery as it queues it: no Delivery, Deliver or :func:`serialize` per delivery."""
+    return _DELIVERY_HEAD.pack(seq, envelope_id, len(envelope)) + envelope
+
+
+def deliver_frame(packed: list[bytes]) -> bytes:
+    """A DELIVER frame of 1..MAX_BATCH deliveries packed by :func:`packed_delivery`."""
+    return _DELIVER_HEADS[len(packed)] + b"".join(packed)
+
+
 def serialize(frame: Frame) -> bytes:  # noqa: PLR0911, PLR0912 - one branch per frame type
     """The wire bytes of ``frame``."""
     if isinstance(frame, Send):
@@ -259,11 +272,8 @@ def serialize(frame: Frame) -> bytes:  # noqa: PLR0911, PLR0912 - one branch per
         for e in frame.envelopes:
             w.raw(e.envelope_id).raw(e.recipient).raw(e.token).var32(e.envelope)
         return w.getvalue()
-    if isinstance(frame, Deliver):  # hot path: packed directly, same bytes as the Writer would give
-        parts = [bytes((FRAME_VERSION, FrameType.DELIVER, len(frame.deliveries)))]
-        for seq, envelope_id, envelope in frame.deliveries:
-            parts += (_U64.pack(seq), envelope_id, _U32.pack(len(envelope)), envelope)
-        return b"".join(parts)
+    if isinstance(frame, Deliver):
+        return deliver_frame([packed_delivery(*delivery) for delivery in frame.deliveries])
     if isinstance(frame, SendResult):  # hot path, as DELIVER
         parts = [bytes((FRAME_VERSION, FrameType.SEND_RESULT, len(frame.results)))]
         for envelope_id, status in frame.results:
@@ -478,6 +488,8 @@ __all__ = [
     "SendStatus",
     "UploadKeys",
     "auth_message",
+    "deliver_frame",
+    "packed_delivery",
     "parse",
     "serialize",
 ]

@@ -191,7 +191,8 @@ class Connection(Stream):
         self.state = State.AWAIT_HELLO
         self.account: AccountId | None = None
         self._results: list[tuple[bytes, f.SendStatus]] = []
-        self._deliveries: list[f.Delivery] = []
+        self._deliveries: list[bytes] = []
+        """Deliveries owed, each packed as its DELIVER frame will carry it (f.packed_delivery)."""
         self._flush_scheduled = False
         self._closing: Closing | None = None
         # Mailbox cursor: highest seq sent; deliveries above it come from storage (drain) until
@@ -244,9 +245,10 @@ class Connection(Stream):
     def _schedule(self) -> None:
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            self.loop.call_soon(self._flush)
+            self.settings.flushes.add(self)
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
+        """Writes what is owed (Flushes calls it at the end of the loop pass that queued it)."""
         self._flush_scheduled = False
         self._pack()
         if len(self._frames) > MAX_QUEUED_FRAMES:
@@ -255,9 +257,9 @@ class Connection(Stream):
         self._emit()
 
     def _emit(self) -> None:
-        metrics = self.relay.metrics
-        for frame in self.emit():
-            metrics.frame_sent(_FRAME_TYPES[frame[1]], len(frame))
+        written = self.emit()
+        if written:
+            self.relay.metrics.frames_sent(written)
 
     def resumed(self) -> None:
         self._emit()
@@ -267,14 +269,20 @@ class Connection(Stream):
 
     def _pack(self) -> None:
         """Turns pending acknowledgements and deliveries into frames, in the order they arose."""
-        results, self._results = self._results, []
-        for i in range(0, len(results), f.MAX_BATCH):
-            self._frames.append(f.serialize(f.SendResult(tuple(results[i : i + f.MAX_BATCH]))))
-        deliveries, self._deliveries = self._deliveries, []
+        results = self._results
+        if results:
+            self._results = []
+            for i in range(0, len(results), f.MAX_BATCH):
+                self._frames.append(f.serialize(f.SendResult(tuple(results[i : i + f.MAX_BATCH]))))
+        deliveries = self._deliveries
         if deliveries:
+            self._deliveries = []
             self.relay.metrics.envelopes("delivered", len(deliveries))
-        for i in range(0, len(deliveries), f.MAX_BATCH):
-            self._frames.append(f.serialize(f.Deliver(tuple(deliveries[i : i + f.MAX_BATCH]))))
+            if len(deliveries) <= f.MAX_BATCH:  # a mailbox is usually sent one at a time
+                self._frames.append(f.deliver_frame(deliveries))
+                return
+            for i in range(0, len(deliveries), f.MAX_BATCH):
+                self._frames.append(f.deliver_frame(deliveries[i : i + f.MAX_BATCH]))
 
     def send_frame(self, frame: f.Frame) -> None:
         self._pack()  # what was queued before this frame leaves before it (DRAINED after DELIVERs)
@@ -334,9 +342,6 @@ class Connection(Stream):
 
     # -- Stream ---------------------------------------------------------------------------------
 
-    def on_binary(self, payload: bytes) -> Pending | None:
-        return self._handle(payload)
-
     def on_text(self) -> None:
         self._fail(Closing(f.ErrorCode.MALFORMED, "only binary frames are accepted"))
 
@@ -364,11 +369,13 @@ class Connection(Stream):
 
     def _deliver(self, item: MailboxItem) -> None:
         seq = item.seq if self._shared is None else self._shared.sent(item)
-        self._deliveries.append(f.Delivery(seq, item.envelope_id, item.ciphertext))
+        ciphertext = item.ciphertext
+        size = len(ciphertext)
+        self._deliveries.append(f.packed_delivery(seq, item.envelope_id, ciphertext))
         self._sent_seq = seq
-        self._in_flight[seq] = len(item.ciphertext)
-        self._in_flight_bytes += len(item.ciphertext)
-        self._typical_size = max(1024, (3 * self._typical_size + len(item.ciphertext)) // 4)
+        self._in_flight[seq] = size
+        self._in_flight_bytes += size
+        self._typical_size = max(1024, (3 * self._typical_size + size) // 4)
 
     def _window_full(self, size: int) -> bool:
         """Whether one more delivery of ``size`` bytes must wait (one always fits an empty window)."""
@@ -496,7 +503,7 @@ class Connection(Stream):
 
     # -- incoming -------------------------------------------------------------------------------
 
-    def _handle(self, data: bytes) -> Coroutine[None, None, None] | None:
+    def on_binary(self, data: bytes) -> Pending | None:
         """Handles one frame; returns what is left to await, or None when it was handled at once.
 
         The frames of every envelope are handled here without a coroutine: a RECEIPT always, and a
@@ -511,6 +518,9 @@ class Connection(Stream):
             raise Closing(f.ErrorCode.MALFORMED, str(error)) from None
         kind = _FRAME_TYPES[data[1]]
         self.relay.metrics.frame_received(kind, len(data))
+        if kind is f.FrameType.RECEIPT and self.state is State.MAILBOX:  # the other frame of every delivery
+            self._on_receipt(frame)  # type: ignore[arg-type]
+            return None
         try:
             new_state = next_state(self.state, kind)
         except FrameNotAllowed as error:
@@ -520,10 +530,6 @@ class Connection(Stream):
                 self.state = new_state
                 return None
             return self._then(self._on_send(frame), new_state)  # type: ignore[arg-type]
-        if kind is f.FrameType.RECEIPT:  # the other frame of every delivery: nothing to await
-            self._on_receipt(frame)  # type: ignore[arg-type]
-            self.state = new_state
-            return None
         return self._then(self._dispatch(frame), new_state)
 
     async def _then(self, work: Coroutine[None, None, None], new_state: State) -> None:
@@ -814,8 +820,33 @@ class Connection(Stream):
         self._watchdog = loop.call_later(self.settings.heartbeat, self._check_idle)
 
 
+class Flushes:
+    """Connections owing frames, written at the end of the loop pass in one callback for all of them.
+    A callback per connection was one per delivery with 10,000 mailboxes each sent an envelope at a
+    time (Sky ECC's day)."""
+
+    __slots__ = ("_due",)
+
+    def __init__(self) -> None:
+        self._due: list[Connection] = []
+
+    def add(self, connection: Connection) -> None:
+        if not self._due:
+            connection.loop.call_soon(self._run)
+        self._due.append(connection)
+
+    def _run(self) -> None:
+        due, self._due = self._due, []  # one flushing may make another owe frames: the next pass
+        for connection in due:
+            try:
+                connection.flush()
+            except Exception as error:  # one connection's bug must not leave the others unwritten
+                log.error("writing a connection's frames failed", exc_info=error)
+
+
 class StreamSettings:
     __slots__ = (
+        "flushes",
         "handshake_timeout",
         "heartbeat",
         "idle_timeout",
@@ -847,6 +878,8 @@ class StreamSettings:
         self.write_timeout = write_timeout
         self.unstored = UnstoredBudget(max_unstored_bytes)
         """Shared by every connection of the server (one StreamSettings per server)."""
+        self.flushes = Flushes()
+        """Shared as well: one flush callback per loop pass for the whole server."""
 
 
-__all__ = ["Connection", "StreamSettings"]
+__all__ = ["Connection", "Flushes", "StreamSettings"]
