@@ -60,7 +60,7 @@ def exercise(m: Metrics) -> None:
     m.connection_closed("sending")
     m.connection_refused("idle")
     m.frame_received(FrameType.SEND, 4000)
-    m.frame_sent(FrameType.SEND_RESULT, 40)
+    m.frames_sent([bytes((1, FrameType.SEND_RESULT)) + bytes(38)])
     m.envelopes_accepted([132_213])
     m.envelopes("delivered", 3)
     m.send_rejected("rate_limited")
@@ -93,6 +93,8 @@ def test_values_are_counted() -> None:
     assert samples["kluis_envelopes_total", (("event", "delivered"),)] == 3
     assert samples["kluis_frames_total", (("direction", "received"), ("type", "send"))] == 1
     assert samples["kluis_frame_bytes_received_total", ()] == 4000
+    assert samples["kluis_frames_total", (("direction", "sent"), ("type", "send_result"))] == 1
+    assert samples["kluis_frame_bytes_sent_total", ()] == 40
     assert samples["kluis_send_rejections_total", (("reason", "rate_limited"),)] == 1
     # The lowest latency bucket is 50 microseconds; envelope sizes have a bucket per padding size.
     assert samples["kluis_store_commit_seconds_bucket", (("le", "5e-05"),)] == 0

@@ -228,7 +228,6 @@ Frame = (
 
 AUTH_LABEL = b"Kluis relay auth v1\x00"
 _U32 = struct.Struct(">I")
-_U64 = struct.Struct(">Q")
 _DELIVERY_HEAD = struct.Struct(f">Q{ENVELOPE_ID_LEN}sI")
 _DELIVER_HEADS = [bytes((FRAME_VERSION, FrameType.DELIVER, n)) for n in range(MAX_BATCH + 1)]
 _STATUS_BYTE = {status: bytes((status,)) for status in SendStatus}

@@ -123,7 +123,7 @@ class Metrics:
         self._frame_bytes_pending = [0, 0]
         self._received_types: dict[int, int] = {}
         self._sent_types: dict[int, int] = {}
-        """Frames received and sent by type (a FrameType or its byte), not yet applied."""
+        """Frames received (by FrameType) and sent (by type byte), not yet applied."""
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         if process:
@@ -247,15 +247,9 @@ class Metrics:
         self._received_types[frame_type] = self._received_types.get(frame_type, 0) + 1
         self._frame_bytes_pending[0] += size
 
-    def frame_sent(self, frame_type: FrameType, size: int) -> None:
-        if frame_type not in _FRAME_TYPES:
-            raise KeyError(frame_type)
-        self._sent_types[frame_type] = self._sent_types.get(frame_type, 0) + 1
-        self._frame_bytes_pending[1] += size
-
     def frames_sent(self, frames: list[bytes]) -> None:
-        """:meth:`frame_sent` for each of these serialized frames (a frame's type is its second
-        byte): one call per write instead of one per frame."""
+        """Counts the serialized frames of one write (a frame's type is its second byte): one call
+        per write, not per frame."""
         counts = self._sent_types
         size = 0
         for frame in frames:

@@ -278,9 +278,6 @@ class Connection(Stream):
         if deliveries:
             self._deliveries = []
             self.relay.metrics.envelopes("delivered", len(deliveries))
-            if len(deliveries) <= f.MAX_BATCH:  # a mailbox is usually sent one at a time
-                self._frames.append(f.deliver_frame(deliveries))
-                return
             for i in range(0, len(deliveries), f.MAX_BATCH):
                 self._frames.append(f.deliver_frame(deliveries[i : i + f.MAX_BATCH]))
 
@@ -518,9 +515,6 @@ class Connection(Stream):
             raise Closing(f.ErrorCode.MALFORMED, str(error)) from None
         kind = _FRAME_TYPES[data[1]]
         self.relay.metrics.frame_received(kind, len(data))
-        if kind is f.FrameType.RECEIPT and self.state is State.MAILBOX:  # the other frame of every delivery
-            self._on_receipt(frame)  # type: ignore[arg-type]
-            return None
         try:
             new_state = next_state(self.state, kind)
         except FrameNotAllowed as error:
@@ -530,6 +524,10 @@ class Connection(Stream):
                 self.state = new_state
                 return None
             return self._then(self._on_send(frame), new_state)  # type: ignore[arg-type]
+        if kind is f.FrameType.RECEIPT:  # the other frame of every delivery: nothing to await
+            self._on_receipt(frame)  # type: ignore[arg-type]
+            self.state = new_state
+            return None
         return self._then(self._dispatch(frame), new_state)
 
     async def _then(self, work: Coroutine[None, None, None], new_state: State) -> None:
